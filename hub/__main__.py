@@ -1,0 +1,42 @@
+"""`cachewire-hub` / `python -m hub`: parse settings, run the hub until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+from hub import logs
+from hub.errors import ConfigError
+from hub.server import Hub
+from hub.settings import HubSettings, parse
+
+
+async def serve(settings: HubSettings) -> None:
+    hub = Hub(settings)
+    await hub.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await hub.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        settings = parse(HubSettings, sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        print(f"cachewire-hub: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logs.setup(settings.log_level)
+    try:
+        asyncio.run(serve(settings))
+    except OSError as exc:  # e.g. the port is taken
+        print(f"cachewire-hub: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

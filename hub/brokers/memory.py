@@ -1,0 +1,69 @@
+"""The embedded broker: a bounded in-memory history; ids are "<epoch>-<sequence>"."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+
+from hub.brokers.base import Dispatch, Replay, split_id
+from hub.events import Draft, Event, Position
+
+
+class MemoryBroker:
+    def __init__(self, history: int = 100_000, epoch: str | None = None) -> None:
+        if history < 1:
+            raise ValueError("history must be at least 1")
+        self.epoch = epoch or secrets.token_hex(4)
+        self._cap = history
+        self._ring: list[Event | None] = [None] * history
+        self._head = 0  # sequence of the newest event; 0 before any
+        self._dispatch: Dispatch | None = None
+
+    async def start(self, dispatch: Dispatch) -> None:
+        self._dispatch = dispatch
+
+    async def stop(self) -> None:
+        self._dispatch = None
+
+    async def publish(self, drafts: Sequence[Draft]) -> list[Event]:
+        events = []
+        for draft in drafts:
+            self._head += 1
+            event = Event.from_draft(draft, f"{self.epoch}-{self._head}", (self._head, 0))
+            self._ring[self._head % self._cap] = event
+            events.append(event)
+        if self._dispatch is not None:
+            self._dispatch(events)
+        return events
+
+    def _oldest(self) -> int:
+        return max(1, self._head - self._cap + 1)
+
+    def position(self, event_id: str) -> Position | None:
+        parts = split_id(event_id)
+        if parts is None or parts[0] != self.epoch or not parts[1].isdigit():
+            return None
+        return (int(parts[1]), 0)
+
+    async def replay(self, after_id: str) -> Replay:
+        parts = split_id(after_id)
+        if parts is None or not parts[1].isdigit():
+            return Replay(reset="unknown_id", detail=f"malformed event id {after_id!r}")
+        if parts[0] != self.epoch:
+            return Replay(reset="epoch_changed", detail=f"epoch {parts[0]!r} is not {self.epoch!r}")
+        seq = int(parts[1])
+        if seq > self._head:
+            return Replay(reset="unknown_id", detail=f"event id {after_id!r} is in the future")
+        if seq < self._oldest() - 1:
+            return Replay(reset="history_expired", detail=f"event id {after_id!r} left history")
+        events = [self._ring[s % self._cap] for s in range(seq + 1, self._head + 1)]
+        return Replay(events=[e for e in events if e is not None])
+
+    def head_id(self) -> str:
+        return f"{self.epoch}-{self._head}"
+
+    def history_size(self) -> int:
+        return min(self._head, self._cap)
+
+    def ready(self) -> bool:
+        return True

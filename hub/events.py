@@ -1,0 +1,193 @@
+"""The event, and validation of what publishers send.
+
+A `Draft` is a validated event without an id; a broker turns drafts into `Event`s by
+assigning ids (stream positions) in order. Validation is shared by every publish path
+(HTTP, gRPC, Plasma's Redis channels) so that they accept and reject exactly the same input.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hub.errors import InvalidInput, TooLarge
+
+MAX_TYPE_BYTES = 256
+RESET_TYPE = "cachewire:reset"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+Position = tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A validated event that has no id yet."""
+
+    type: str
+    data_json: str = "null"
+    keys: tuple[str, ...] = ()
+    prefixes: tuple[str, ...] = ()
+    flush: bool = False
+    traceparent: str = ""
+    tracestate: str = ""
+    published_at: float = field(default_factory=time.time)
+
+
+@dataclass(eq=False, slots=True)
+class Event:
+    """An event in a stream. `pos` orders events within one epoch; `id` is what clients see."""
+
+    id: str
+    pos: Position
+    type: str
+    data_json: str
+    keys: tuple[str, ...] = ()
+    prefixes: tuple[str, ...] = ()
+    flush: bool = False
+    traceparent: str = ""
+    tracestate: str = ""
+    published_at: float = 0.0
+    _sse: bytes | None = None
+
+    @classmethod
+    def from_draft(cls, draft: Draft, id: str, pos: Position) -> Event:
+        return cls(
+            id, pos, draft.type, draft.data_json, draft.keys, draft.prefixes, draft.flush,
+            draft.traceparent, draft.tracestate, draft.published_at,
+        )
+
+    def plasma_json(self) -> str:
+        """Plasma's envelope: {"meta":{"type":...},"data":...}; extra fields only in meta."""
+        meta: dict[str, Any] = {"type": self.type}
+        if self.keys:
+            meta["keys"] = list(self.keys)
+        if self.prefixes:
+            meta["prefixes"] = list(self.prefixes)
+        if self.flush:
+            meta["flush"] = True
+        return '{"meta":%s,"data":%s}' % (_dumps(meta), self.data_json)
+
+    def sse_frame(self) -> bytes:
+        """The SSE frame, encoded once and shared by every subscriber."""
+        if self._sse is None:
+            self._sse = f"id: {self.id}\ndata: {self.plasma_json()}\n\n".encode()
+        return self._sse
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def type_prefixes(event_type: str) -> Iterator[str]:
+    """"a:b:c" → "a", "a:b", "a:b:c": the topics that receive an event of this type."""
+    start = 0
+    while True:
+        i = event_type.find(":", start)
+        if i < 0:
+            yield event_type
+            return
+        yield event_type[:i]
+        start = i + 1
+
+
+def matches(topics: frozenset[str], event_type: str) -> bool:
+    return any(p in topics for p in type_prefixes(event_type))
+
+
+def validate_topic(topic: Any, what: str = "type") -> str:
+    """A topic or event type: non-empty `:`-separated segments, ≤ 256 bytes, no controls."""
+    if not isinstance(topic, str):
+        raise InvalidInput(f"{what} must be a string")
+    if not topic:
+        raise InvalidInput(f"{what} must not be empty")
+    if len(topic.encode()) > MAX_TYPE_BYTES:
+        raise InvalidInput(f"{what} is longer than {MAX_TYPE_BYTES} bytes")
+    if _CONTROL.search(topic):
+        raise InvalidInput(f"{what} contains a control character")
+    if "" in topic.split(":"):
+        raise InvalidInput(f"{what} {topic!r} has an empty segment")
+    return topic
+
+
+def parse_topics(raw: Sequence[Any], what: str = "topic") -> frozenset[str]:
+    if not raw:
+        raise InvalidInput(f"at least one {what} is required")
+    return frozenset(validate_topic(t, what) for t in raw)
+
+
+def _string_list(value: Any, name: str, limit: int) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise InvalidInput(f"{name} must be a list of strings")
+    if len(value) > limit:
+        raise TooLarge(f"{name} has {len(value)} entries, more than the limit of {limit}")
+    if any(not v for v in value):
+        raise InvalidInput(f"{name} must not contain an empty string")
+    return tuple(value)
+
+
+def make_draft(
+    *,
+    type: Any,
+    data_json: str = "null",
+    keys: Any = None,
+    prefixes: Any = None,
+    flush: Any = False,
+    traceparent: str = "",
+    tracestate: str = "",
+    max_keys: int = 10_000,
+) -> Draft:
+    """Validate one event's fields; raise InvalidInput naming the first problem."""
+    validate_topic(type)
+    keys_t = _string_list(keys, "keys", max_keys)
+    prefixes_t = _string_list(prefixes, "prefixes", max_keys)
+    if len(keys_t) + len(prefixes_t) > max_keys:
+        raise TooLarge(f"keys and prefixes together exceed the limit of {max_keys}")
+    if not isinstance(flush, bool):
+        raise InvalidInput("flush must be a boolean")
+    if traceparent and not _TRACEPARENT.match(traceparent):
+        traceparent, tracestate = "", ""  # a malformed context is dropped, as W3C says
+    return Draft(type, data_json, keys_t, prefixes_t, flush, traceparent, tracestate[:512])
+
+
+def drafts_from_json(body: Any, *, max_keys: int, traceparent: str = "",
+                     tracestate: str = "") -> list[Draft]:
+    """An HTTP publish body (one object or an array of them) → drafts, or InvalidInput."""
+    items = body if isinstance(body, list) else [body]
+    if not items:
+        raise InvalidInput("the event array is empty")
+    drafts = []
+    for i, item in enumerate(items):
+        where = f"event {i}: " if isinstance(body, list) else ""
+        try:
+            if not isinstance(item, dict):
+                raise InvalidInput("an event must be a JSON object")
+            unknown = set(item) - {"type", "data", "keys", "prefixes", "flush"}
+            if unknown:
+                raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+            if "type" not in item:
+                raise InvalidInput("type is required")
+            drafts.append(make_draft(
+                type=item["type"], data_json=_dumps(item.get("data")), keys=item.get("keys"),
+                prefixes=item.get("prefixes"), flush=item.get("flush", False),
+                traceparent=traceparent, tracestate=tracestate, max_keys=max_keys,
+            ))
+        except InvalidInput as exc:
+            raise type(exc)(where + str(exc)) from None
+    return drafts
+
+
+def data_json_from_text(text: str) -> str:
+    """gRPC publishers send data as JSON text; empty means null."""
+    if not text:
+        return "null"
+    try:
+        return _dumps(json.loads(text))
+    except ValueError:
+        raise InvalidInput("data must be JSON text (a JSON string needs quotes)") from None

@@ -1,0 +1,121 @@
+"""HTTP endpoints other than SSE: publish, health, metrics; and the JSON error mapping."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from hub import sse
+from hub.brokers.base import Broker
+from hub.core import Fanout
+from hub.errors import HubError, InvalidInput, TooLarge
+from hub.events import drafts_from_json
+from hub.settings import HubSettings
+
+log = logging.getLogger("cachewire.hub.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OWN_PATHS = {"/v1/publish", "/hc", "/healthz", "/readyz", "/metrics", "/metrics/plasma"}
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message, "status": status}, status=status)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as JSON; no traceback ever reaches a client."""
+    try:
+        return await handler(request)
+    except HubError as exc:
+        return error_response(exc.http_status, str(exc))
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app["settings"].max_body
+        return error_response(413, f"request body is larger than the limit of {limit} bytes")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason)
+    except (ConnectionResetError, TimeoutError):
+        raise
+    except Exception:
+        log.exception("unhandled error", extra={"path": request.path})
+        return error_response(500, "internal error")
+
+
+async def publish(request: web.Request) -> web.Response:
+    settings: HubSettings = request.app["settings"]
+    broker: Broker = request.app["broker"]
+    if request.content_length is not None and request.content_length > settings.max_body:
+        raise TooLarge(f"request body is larger than the limit of {settings.max_body} bytes")
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("the body is not valid JSON") from None
+    drafts = drafts_from_json(
+        body, max_keys=settings.max_keys,
+        traceparent=request.headers.get("traceparent", ""),
+        tracestate=request.headers.get("tracestate", ""))
+    events = await broker.publish(drafts)
+    return web.json_response({"ids": [e.id for e in events]})
+
+
+async def health(request: web.Request) -> web.Response:
+    """Liveness: the process serves HTTP."""
+    return web.json_response({"status": "ok"})
+
+
+async def plasma_hc(request: web.Request) -> web.Response:
+    """Plasma's /hc: 200 while the broker works (Plasma pings Redis here)."""
+    broker: Broker = request.app["broker"]
+    if not broker.ready():
+        return error_response(503, "broker unavailable")
+    return web.json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    broker: Broker = request.app["broker"]
+    if request.app["hub"].stopping:
+        return error_response(503, "shutting down")
+    if not broker.ready():
+        return error_response(503, "broker unavailable")
+    return web.json_response({"status": "ready", "head": broker.head_id()})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    registry: CollectorRegistry = request.app["registry"]
+    resp = web.Response(body=generate_latest(registry))
+    resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return resp
+
+
+async def plasma_metrics(request: web.Request) -> web.Response:
+    fanout: Fanout = request.app["fanout"]
+    sse_count = fanout.count("sse")
+    grpc_count = fanout.count("grpc_plasma") + fanout.count("grpc")
+    return web.json_response({"connections": sse_count + grpc_count,
+                              "connections_sse": sse_count, "connections_grpc": grpc_count})
+
+
+async def any_path(request: web.Request) -> web.StreamResponse:
+    """Plasma serves SSE on any path when the client accepts text/event-stream."""
+    if "text/event-stream" in request.headers.get("Accept", ""):
+        return await sse.handle(request)
+    raise web.HTTPNotFound(reason=f"no endpoint at {request.path}")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", sse.handle)
+    app.router.add_get("/events", sse.handle)
+    app.router.add_post("/v1/publish", publish)
+    app.router.add_get("/hc", plasma_hc)
+    app.router.add_get("/healthz", health)
+    app.router.add_get("/readyz", ready)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics/plasma", plasma_metrics)
+    app.router.add_get("/{tail:.*}", any_path)

@@ -1,0 +1,59 @@
+"""Prometheus metrics, read from the core's plain counters at scrape time.
+
+The hot path only bumps integers; this collector turns them into metric families when
+/metrics is scraped, on a registry per Hub so that several hubs can live in one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from hub.server import Hub
+
+TRANSPORTS = ("sse", "grpc_plasma", "grpc")
+
+
+class HubCollector(Collector):
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        fanout, broker = self._hub.fanout, self._hub.broker
+        connections = GaugeMetricFamily(
+            "cachewire_hub_connections", "Open subscriber streams", labels=["transport"])
+        for kind in TRANSPORTS:
+            connections.add_metric([kind], fanout.count(kind))
+        yield connections
+        yield CounterMetricFamily(
+            "cachewire_hub_events_published", "Events dispatched by the broker",
+            value=fanout.published)
+        yield CounterMetricFamily(
+            "cachewire_hub_deliveries", "Event deliveries to subscribers",
+            value=fanout.deliveries)
+        drops = CounterMetricFamily(
+            "cachewire_hub_slow_consumer_drops",
+            "Subscribers reset and dropped because they fell behind their queue",
+            labels=["transport"])
+        for kind in TRANSPORTS:
+            drops.add_metric([kind], fanout.slow_drops[kind])
+        yield drops
+        yield GaugeMetricFamily(
+            "cachewire_hub_history_size", "Events in the broker's history",
+            value=broker.history_size())
+        yield GaugeMetricFamily(
+            "cachewire_hub_topics", "Topics with at least one subscriber",
+            value=fanout.topic_count())
+        yield GaugeMetricFamily(
+            "cachewire_hub_ready", "1 when the broker works", value=int(broker.ready()))
+
+
+def make_registry(hub: Hub) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HubCollector(hub))
+    return registry

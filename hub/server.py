@@ -1,0 +1,132 @@
+"""The hub's lifecycle: `await Hub(settings).start()` … `await hub.stop(grace)`.
+
+start() returns once every listener is bound and exposes the bound ports (bind port 0 in
+tests). Signals are handled by __main__, not here, so tests and embedders run it as is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from hub import http_api, sse
+from hub.brokers.base import Broker
+from hub.brokers.memory import MemoryBroker
+from hub.core import Fanout
+from hub.metrics import make_registry
+from hub.settings import HubSettings
+
+if TYPE_CHECKING:
+    from hub.grpc_server import GrpcServer
+    from hub.ingest import ChannelIngest
+
+log = logging.getLogger("cachewire.hub")
+
+
+def make_broker(settings: HubSettings) -> Broker:
+    if settings.broker == "redis":
+        from hub.brokers.redis import RedisBroker
+
+        return RedisBroker(settings)
+    return MemoryBroker(settings.history)
+
+
+class Hub:
+    def __init__(self, settings: HubSettings | None = None, broker: Broker | None = None) -> None:
+        self.settings = settings or HubSettings()
+        self.broker = broker or make_broker(self.settings)
+        self.fanout = Fanout(self.broker, self.settings.queue_size)
+        self.registry = make_registry(self)
+        self.flusher = sse.Flusher()
+        self.stopping = False
+        self.http_port = 0
+        self.grpc_port: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._grpc: GrpcServer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ingest: ChannelIngest | None = None
+
+    def make_app(self) -> web.Application:
+        app = web.Application(
+            middlewares=[http_api.errors_middleware],
+            client_max_size=self.settings.max_body,
+        )
+        app["hub"] = self
+        app["settings"] = self.settings
+        app["broker"] = self.broker
+        app["fanout"] = self.fanout
+        app["flusher"] = self.flusher
+        app["registry"] = self.registry
+        http_api.add_routes(app)
+        return app
+
+    async def start(self) -> None:
+        s = self.settings
+        # 1. The broker first: nothing is served before ids and history work.
+        await self.broker.start(self.fanout.dispatch)
+        self.fanout.last_id = self.broker.head_id()
+        self.fanout.last_pos = self.broker.position(self.fanout.last_id) or (0, 0)
+        # 2. HTTP: SSE, publish, health, metrics.
+        self._runner = web.AppRunner(
+            self.make_app(), handler_cancellation=True, shutdown_timeout=s.grace,
+            access_log=None)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, s.host, s.http_port, reuse_port=False)
+        await self._site.start()
+        server = self._site._server
+        assert isinstance(server, asyncio.base_events.Server)
+        self.http_port = server.sockets[0].getsockname()[1]
+        # 3. gRPC: Plasma's StreamService and cachewire's Hub service.
+        if s.grpc_port is not None:
+            from hub.grpc_server import GrpcServer
+    from hub.ingest import ChannelIngest
+
+            self._grpc = GrpcServer(self)
+            self.grpc_port = await self._grpc.start(s.host, s.grpc_port)
+        # 4. Plasma's publishers: ingest Redis pub/sub channels (one replica at a time).
+        if s.redis_channels:
+            from hub.ingest import ChannelIngest
+
+            self._ingest = ChannelIngest(self)
+            await self._ingest.start()
+        # 5. Heartbeats.
+        self._tasks.append(asyncio.create_task(self._beat(s.heartbeat, ("sse",))))
+        self._tasks.append(asyncio.create_task(
+            self._beat(s.subscribe_heartbeat, ("grpc",))))
+        log.info("hub started", extra={
+            "host": s.host, "http_port": self.http_port, "grpc_port": self.grpc_port,
+            "broker": s.broker})
+
+    async def _beat(self, interval: float, kinds: tuple[str, ...]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.fanout.heartbeat(kinds)
+
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.settings.grace if grace is None else grace
+        self.stopping = True
+        log.info("hub stopping", extra={"grace": grace})
+        # 1. Stop accepting connections, so clients reconnect to another replica.
+        if self._site is not None:
+            await self._site.stop()
+        # 2. End every stream cleanly: SSE gets its last chunk, gRPC an UNAVAILABLE status.
+        self.fanout.close_all()
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        # 3. Let in-flight HTTP requests (publishes) finish, within the grace period.
+        if self._runner is not None:
+            await self._runner.cleanup()
+        # 4. Channel ingest, heartbeats, then the broker.
+        if self._ingest is not None:
+            await self._ingest.stop()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.broker.stop()
+        log.info("hub stopped")

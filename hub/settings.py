@@ -1,0 +1,216 @@
+"""The hub's settings: one frozen object, parsed from flags and environment at the edge.
+
+Precedence: command-line flag, then CACHEWIRE_* variable, then Plasma's PLASMA_* variable
+(where it means the same thing), then the default. `OPTIONS` is the single table from which
+the flags, the environment names and the README's settings table come.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import quote
+
+from hub.errors import ConfigError
+
+BrokerKind = Literal["memory", "redis"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class HubSettings:
+    host: str = "127.0.0.1"
+    http_port: int = 8080
+    grpc_port: int | None = 50051
+    heartbeat: float = 15.0
+    subscribe_heartbeat: float = 1.0
+    history: int = 100_000
+    sse_retry: int = 2000
+    sse_event_query: str = "eventType"
+    cors_origin: str = ""
+    max_body: int = 1 << 20
+    max_keys: int = 10_000
+    queue_size: int = 10_000
+    grace: float = 5.0
+    broker: BrokerKind = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_stream: str = "cachewire:events"
+    redis_channels: tuple[str, ...] = ()
+    log_level: LogLevel = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> HubSettings:
+        return parse(cls, [], os.environ if env is None else env)
+
+
+@dataclass(frozen=True)
+class Option:
+    field: str
+    flag: str
+    help: str
+    env: tuple[str, ...] = ()
+    convert: Callable[[str], Any] = str
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError("a port is 0..65535")
+    return port
+
+
+def _optional_port(text: str) -> int | None:
+    return None if text.lower() in ("off", "none", "") else _port(text)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text.removesuffix("s"))
+    if not 0 < value < 86_400:
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text.removesuffix("s"))
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        value = text.lower()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+    return convert
+
+
+def _broker(text: str) -> str:
+    # Plasma's default "mock" emits fake events; cachewire's embedded broker replaces it.
+    return "memory" if text.lower() == "mock" else _choice("memory", "redis")(text)
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _redis_url(text: str) -> str:
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    return text
+
+
+def _query_name(text: str) -> str:
+    if not text or not text.replace("_", "").replace("-", "").isalnum():
+        raise ValueError("must be a non-empty name of letters, digits, - or _")
+    return text
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", "--host", "address to listen on (HTTP and gRPC)", ("CACHEWIRE_HOST",)),
+    Option("http_port", "--http-port", "HTTP port: SSE, publish, health, metrics",
+           ("CACHEWIRE_HTTP_PORT", "PLASMA_PORT"), _port),
+    Option("grpc_port", "--grpc-port", "gRPC port (off: no gRPC)",
+           ("CACHEWIRE_GRPC_PORT", "PLASMA_GRPC_PORT", "PLASMA_GRPCPORT"), _optional_port),
+    Option("heartbeat", "--heartbeat", "seconds between SSE heartbeat comments",
+           ("CACHEWIRE_HEARTBEAT",), _seconds),
+    Option("subscribe_heartbeat", "--subscribe-heartbeat",
+           "seconds between gRPC Subscribe heartbeats (carry the high-water id)",
+           ("CACHEWIRE_SUBSCRIBE_HEARTBEAT",), _seconds),
+    Option("history", "--history", "events kept for resume",
+           ("CACHEWIRE_HISTORY",), _positive_int),
+    Option("sse_retry", "--sse-retry", "SSE retry: value sent to clients, milliseconds",
+           ("CACHEWIRE_SSE_RETRY", "PLASMA_SSE_RETRY"), _positive_int),
+    Option("sse_event_query", "--sse-event-query", "query parameter naming SSE topics",
+           ("CACHEWIRE_SSE_EVENT_QUERY", "PLASMA_SSE_EVENTQUERY"), _query_name),
+    Option("cors_origin", "--cors-origin", "Access-Control-Allow-Origin value (empty: none)",
+           ("CACHEWIRE_CORS_ORIGIN", "PLASMA_ORIGIN")),
+    Option("max_body", "--max-body", "largest publish body, bytes",
+           ("CACHEWIRE_MAX_BODY",), _positive_int),
+    Option("max_keys", "--max-keys", "most keys plus prefixes in one event",
+           ("CACHEWIRE_MAX_KEYS",), _positive_int),
+    Option("queue_size", "--queue-size",
+           "events a subscriber may fall behind before it is reset and dropped",
+           ("CACHEWIRE_QUEUE_SIZE",), _positive_int),
+    Option("grace", "--grace", "seconds to end streams and finish requests on SIGTERM",
+           ("CACHEWIRE_GRACE",), _non_negative),
+    Option("broker", "--broker", "memory (embedded) or redis (Redis Streams, for replicas)",
+           ("CACHEWIRE_BROKER", "PLASMA_SUBSCRIBER_TYPE"), _broker),
+    Option("redis_url", "--redis-url", "Redis URL (redis://, rediss://, unix://)",
+           ("CACHEWIRE_REDIS_URL",), _redis_url),
+    Option("redis_stream", "--redis-stream", "Redis stream key holding the event history",
+           ("CACHEWIRE_REDIS_STREAM",)),
+    Option("redis_channels", "--redis-channels",
+           "comma list of Redis pub/sub channels to ingest Plasma messages from",
+           ("CACHEWIRE_REDIS_CHANNELS", "PLASMA_SUBSCRIBER_REDIS_CHANNELS"), _csv),
+    Option("log_level", "--log-level", "debug, info, warning or error",
+           ("CACHEWIRE_LOG_LEVEL",), _choice("debug", "info", "warning", "error")),
+)
+
+
+def _plasma_redis_url(env: Mapping[str, str]) -> str | None:
+    addr = env.get("PLASMA_SUBSCRIBER_REDIS_ADDR")
+    if not addr:
+        return None
+    password = env.get("PLASMA_SUBSCRIBER_REDIS_PASSWORD", "")
+    db = env.get("PLASMA_SUBSCRIBER_REDIS_DB", "0") or "0"
+    auth = f":{quote(password, safe='')}@" if password else ""
+    return f"redis://{auth}{addr}/{db}"
+
+
+def build_parser(prog: str = "cachewire-hub") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="cachewire hub: Plasma-compatible push hub for cache invalidations")
+    for opt in OPTIONS:
+        envs = ", ".join(opt.env)
+        parser.add_argument(opt.flag, dest=opt.field, default=None, metavar="VALUE",
+                            help=f"{opt.help} [env: {envs}]")
+    return parser
+
+
+def parse(cls: type[HubSettings], argv: Sequence[str],
+          env: Mapping[str, str] | None = None) -> HubSettings:
+    """Flags and environment → settings; a bad value raises ConfigError naming it."""
+    env = os.environ if env is None else env
+    args = vars(build_parser().parse_args(list(argv)))
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        source, raw = opt.flag, args.get(opt.field)
+        if raw is None:
+            for name in opt.env:
+                if name in env:
+                    source, raw = name, env[name]
+                    break
+        if raw is None and opt.field == "redis_url":
+            source, raw = "PLASMA_SUBSCRIBER_REDIS_ADDR", _plasma_redis_url(env)
+        if raw is None:
+            continue
+        try:
+            values[opt.field] = opt.convert(raw.strip())
+        except ValueError as exc:
+            raise ConfigError(f"{source}={raw!r}: {exc}") from None
+    return cls(**values)
+
+
+def settings_table() -> str:
+    """The README's settings table, generated from OPTIONS."""
+    defaults = {f.name: f.default for f in dataclasses.fields(HubSettings)}
+    rows = ["| flag | environment | default | meaning |", "| --- | --- | --- | --- |"]
+    for opt in OPTIONS:
+        default = defaults[opt.field]
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        rows.append(f"| `{opt.flag}` | {', '.join(f'`{e}`' for e in opt.env)} | "
+                    f"`{shown}` | {opt.help} |")
+    return "\n".join(rows)

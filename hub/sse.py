@@ -1,0 +1,183 @@
+"""Server-Sent Events, Plasma-compatible: GET /?eventType=a,b:c.
+
+Delivery does no per-event work per subscriber beyond appending a reference: each event's
+frame is encoded once (`Event.sse_frame`), a subscriber collects the shared frames of one
+loop iteration, and the `Flusher` writes them to its transport in one write (one HTTP
+chunk). A subscriber whose socket does not drain keeps frames pending; past its queue
+size it is reset and dropped, alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from aiohttp import web
+
+from hub.brokers.base import ResetReason
+from hub.core import Fanout
+from hub.errors import InvalidInput
+from hub.events import RESET_TYPE, Event, parse_topics
+from hub.settings import HubSettings
+
+log = logging.getLogger("cachewire.hub.sse")
+
+HEARTBEAT = b": heartbeat\n\n"
+# Bytes a subscriber's socket may hold unsent before we stop writing to it.
+TRANSPORT_LIMIT = 256 * 1024
+STALLED_RETRY = 0.05
+
+
+class Flusher:
+    """Coalesces the writes of one loop iteration into one write per subscriber."""
+
+    def __init__(self) -> None:
+        self._dirty: set[SseSink] = set()
+        self._scheduled = False
+        self._stalled: set[SseSink] = set()
+        self._retry: asyncio.TimerHandle | None = None
+
+    def mark(self, sink: SseSink) -> None:
+        self._dirty.add(sink)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.run)
+
+    def run(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, set()
+        for sink in dirty:
+            if not sink.flush():
+                self._stalled.add(sink)
+        if self._stalled and self._retry is None:
+            self._retry = asyncio.get_running_loop().call_later(STALLED_RETRY, self._unstall)
+
+    def _unstall(self) -> None:
+        self._retry = None
+        stalled, self._stalled = self._stalled, set()
+        for sink in stalled:
+            self.mark(sink)
+
+
+class SseSink:
+    kind = "sse"
+
+    def __init__(self, response: web.StreamResponse, request: web.Request, chunked: bool,
+                 flusher: Flusher, queue_size: int) -> None:
+        assert request.transport is not None
+        self._transport = request.transport
+        self._chunked = chunked
+        self._flusher = flusher
+        self._queue_size = queue_size
+        self._pending: list[bytes] = []
+        self._events_pending = 0
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def send(self, event: Event) -> bool:
+        self._pending.append(event.sse_frame())
+        self._events_pending += 1
+        if self._events_pending > self._queue_size:
+            return False
+        self._flusher.mark(self)
+        return True
+
+    def send_replay(self, events: list[Event]) -> None:
+        self._pending.extend(e.sse_frame() for e in events)
+        self._flusher.mark(self)
+
+    def reset(self, reason: ResetReason, detail: str, resume_from: str) -> None:
+        if reason == "slow_consumer":
+            # What was not written is discarded; no id line, so the client keeps the id of
+            # the last event it really received and a reconnect replays from there.
+            self._pending.clear()
+            self._events_pending = 0
+        self._pending.append(reset_frame(reason, detail, None if reason == "slow_consumer"
+                                         else resume_from))
+        self._flusher.mark(self)
+
+    def heartbeat(self, head_id: str) -> None:
+        self._pending.append(HEARTBEAT)
+        self._flusher.mark(self)
+
+    def close(self) -> None:
+        self.flush(force=True)
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def flush(self, force: bool = False) -> bool:
+        """Write what is pending; False when the socket is backed up (try again later)."""
+        if not self._pending or self._transport.is_closing():
+            self._pending.clear()
+            return True
+        if not force and self._transport.get_write_buffer_size() > TRANSPORT_LIMIT:
+            return False
+        data = b"".join(self._pending)
+        self._pending.clear()
+        self._events_pending = 0
+        if self._chunked:
+            self._transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            self._transport.write(data)
+        return True
+
+
+def reset_frame(reason: str, detail: str, resume_from: str | None) -> bytes:
+    body = json.dumps({"meta": {"type": RESET_TYPE, "reason": reason},
+                       "data": {"reason": reason, "detail": detail}}, separators=(",", ":"))
+    id_line = f"id: {resume_from}\n" if resume_from else ""
+    return f"{id_line}data: {body}\n\n".encode()
+
+
+def topics_from_query(request: web.Request, query_name: str) -> frozenset[str]:
+    raw = request.query.get(query_name, "")
+    if not raw:
+        raise InvalidInput(f"query parameter {query_name!r} is required (e.g. "
+                           f"?{query_name}=program:1234)")
+    return parse_topics(raw.split(","), "event type")
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    """Serve one SSE subscriber until it disconnects or the hub shuts down."""
+    fanout: Fanout = request.app["fanout"]
+    settings: HubSettings = request.app["settings"]
+    flusher: Flusher = request.app["flusher"]
+    topics = topics_from_query(request, settings.sse_event_query)
+    last_id = request.headers.get("Last-Event-ID") or request.query.get("lastEventId") or None
+
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream",
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+    })
+    if settings.cors_origin:
+        response.headers["Access-Control-Allow-Origin"] = settings.cors_origin
+    chunked = request.version >= (1, 1)
+    if chunked:
+        response.enable_chunked_encoding()
+    await response.prepare(request)
+    # The first write sends the headers too: the client sees the stream open at once.
+    await response.write(f"retry: {settings.sse_retry}\n\n".encode())
+
+    sink = SseSink(response, request, chunked, flusher, settings.queue_size)
+    if last_id is None:
+        # An id-only frame dispatches nothing but gives the client a position to resume from.
+        sink._pending.append(f"id: {fanout.last_id}\n\n".encode())
+        flusher.mark(sink)
+    peer = request.remote
+    started = time.monotonic()
+    log.info("sse connection opened",
+             extra={"peer": peer, "topics": sorted(topics), "last_event_id": last_id})
+    sub = await fanout.subscribe(topics, sink, last_id)
+    try:
+        await sink.done
+    finally:
+        fanout.unsubscribe(sub)
+        log.info("sse connection closed", extra={
+            "peer": peer, "seconds": round(time.monotonic() - started, 3)})
+    if not request.transport or request.transport.is_closing():
+        return response
+    sink.flush(force=True)
+    await response.write_eof()
+    return response

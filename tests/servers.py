@@ -1,0 +1,158 @@
+"""Real servers and processes for tests: redis-server, memcached, cachewire-hub, …
+
+Every start waits on a fact (a port that answers, a line or endpoint that says ready),
+never on a sleep; every process is stopped by the fixture that started it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll a fact until it holds; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.01)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def port_answers(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+@dataclass
+class Proc:
+    """A started process and what it listens on."""
+
+    popen: subprocess.Popen[bytes]
+    ports: dict[str, int] = field(default_factory=dict)
+    log_path: Path | None = None
+
+    @property
+    def port(self) -> int:
+        return next(iter(self.ports.values()))
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        self.signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            return self.popen.wait()
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()
+
+
+def _spawn(argv: Sequence[str], env: dict[str, str] | None = None) -> tuple[
+        subprocess.Popen[bytes], Path]:
+    fd, log_name = tempfile.mkstemp(prefix="cachewire-test-", suffix=".log")
+    popen = subprocess.Popen(list(argv), stdout=fd, stderr=subprocess.STDOUT,
+                             env={**os.environ, **(env or {})}, cwd=ROOT)
+    os.close(fd)
+    return popen, Path(log_name)
+
+
+def start_redis(port: int | None = None, *, persist_dir: Path | None = None,
+                extra: Sequence[str] = ()) -> Proc:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError("redis-server is not installed (make system-deps)")
+    port = port or free_port()
+    args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no"]
+    if persist_dir is not None:
+        args += ["--dir", str(persist_dir), "--appendonly", "yes", "--appendfsync", "always"]
+    popen, log_path = _spawn([*args, *extra])
+    proc = Proc(popen, {"redis": port}, log_path)
+    wait_for(lambda: port_answers(port), what=f"redis-server on {port}")
+    return proc
+
+
+def start_memcached(port: int | None = None) -> Proc:
+    exe = shutil.which("memcached")
+    if exe is None:
+        raise RuntimeError("memcached is not installed (make system-deps)")
+    port = port or free_port()
+    popen, log_path = _spawn([exe, "-p", str(port), "-l", "127.0.0.1", "-U", "0", "-u", "root"])
+    proc = Proc(popen, {"memcached": port}, log_path)
+    wait_for(lambda: port_answers(port), what=f"memcached on {port}")
+    return proc
+
+
+def start_hub(*args: str, env: dict[str, str] | None = None, grpc: bool = True,
+              http_port: int | None = None, grpc_port: int | None = None) -> Proc:
+    """`cachewire-hub` as a user runs it, on free ports; returns once /readyz answers 200."""
+    http_port = http_port or free_port()
+    argv = [str(BIN / "cachewire-hub"), "--http-port", str(http_port)]
+    ports = {"http": http_port}
+    if grpc:
+        grpc_port = grpc_port or free_port()
+        argv += ["--grpc-port", str(grpc_port)]
+        ports["grpc"] = grpc_port
+    else:
+        argv += ["--grpc-port", "off"]
+    popen, log_path = _spawn([*argv, *args], env)
+    proc = Proc(popen, ports, log_path)
+
+    def ready() -> bool:
+        if popen.poll() is not None:
+            raise RuntimeError(f"cachewire-hub exited {popen.returncode}:\n{proc.log()}")
+        return http_ok(f"http://127.0.0.1:{http_port}/readyz") and (
+            not grpc or port_answers(ports["grpc"]))
+
+    wait_for(ready, timeout=20, what="cachewire-hub /readyz")
+    return proc
+
+
+@contextmanager
+def running(proc: Proc) -> Iterator[Proc]:
+    try:
+        yield proc
+    finally:
+        proc.stop()
