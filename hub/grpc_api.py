@@ -1,0 +1,308 @@
+"""cachewire.v1.Hub over gRPC: Publish, and the resumable, batched Subscribe stream.
+
+Also the machinery both streaming services share (`Outbox`, `EncodeCache`): the fan-out
+core calls a sink synchronously, the sink appends a reference to its bounded `Outbox`
+and wakes the stream's one writer, and the writer turns everything queued into as few
+messages as the service allows. An event is encoded to protobuf once per wire format and
+the bytes are shared by every subscriber: a batch is those bytes concatenated, which is
+what protobuf's encoding of a repeated field is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from cachewire.v1 import hub_pb2
+
+from hub.brokers.base import ResetReason
+from hub.errors import HubError, InvalidInput, Unavailable
+from hub.events import Draft, Event, data_json_from_text, make_draft, parse_topics
+
+if TYPE_CHECKING:
+    from hub.server import Hub
+
+log = logging.getLogger("cachewire.hub.grpc")
+
+# Most events in one EventBatch message (a replay of a large history leaves in several).
+MAX_BATCH = 1000
+RESET_REASONS: dict[ResetReason, hub_pb2.ResetReason] = {
+    "history_expired": hub_pb2.RESET_REASON_HISTORY_EXPIRED,
+    "epoch_changed": hub_pb2.RESET_REASON_EPOCH_CHANGED,
+    "unknown_id": hub_pb2.RESET_REASON_UNKNOWN_ID,
+    "slow_consumer": hub_pb2.RESET_REASON_SLOW_CONSUMER,
+}
+SHUTTING_DOWN = "the hub is shutting down: reconnect (to another replica) and resume"
+
+
+def now_micros() -> int:
+    return round(time.time() * 1_000_000)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def field_1(payload: bytes) -> bytes:
+    """Protobuf wire encoding of a length-delimited field number 1."""
+    return b"\x0a" + _varint(len(payload)) + payload
+
+
+class EncodeCache:
+    """Event → encoded message, computed once and shared by every subscriber of a service."""
+
+    def __init__(self, encode: Callable[[Event], bytes], size: int = 16_384) -> None:
+        self._encode = encode
+        self._size = size
+        self._cache: dict[str, bytes] = {}
+
+    def __call__(self, event: Event) -> bytes:
+        data = self._cache.get(event.id)
+        if data is None:
+            if len(self._cache) >= self._size:
+                self._cache.clear()  # cheap; a miss only costs one more encoding
+            data = self._cache[event.id] = self._encode(event)
+        return data
+
+
+class Outbox:
+    """A stream's bounded queue, and the wake-up of its single writer coroutine.
+
+    Events count against `limit`; control messages (pre-encoded bytes: resets, heartbeats)
+    do not. `finish` ends the stream once the writer has drained what is queued, with OK
+    or with the given error.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.items: deque[Event | bytes] = deque()
+        self.limit = limit
+        self.events = 0
+        self.finished = False
+        self.error: HubError | None = None
+        self._wake = asyncio.Event()
+
+    def put(self, event: Event) -> bool:
+        if self.events >= self.limit:
+            return False
+        self.items.append(event)
+        self.events += 1
+        self._wake.set()
+        return True
+
+    def put_all(self, events: Iterable[Event]) -> None:
+        before = len(self.items)
+        self.items.extend(events)
+        self.events += len(self.items) - before
+        self._wake.set()
+
+    def put_control(self, message: bytes) -> None:
+        self.items.append(message)
+        self._wake.set()
+
+    def take(self, max_events: int) -> bytes | list[Event]:
+        """The next control message, or the run of (at most max_events) events at the head."""
+        items = self.items
+        first = items.popleft()
+        if isinstance(first, bytes):
+            return first
+        run = [first]
+        while items and len(run) < max_events and not isinstance(items[0], bytes):
+            run.append(items.popleft())  # type: ignore[arg-type]  # not bytes: an Event
+        self.events -= len(run)
+        return run
+
+    def clear(self) -> None:
+        self.items.clear()
+        self.events = 0
+
+    def finish(self, error: HubError | None = None, *, discard: bool = False) -> None:
+        if self.finished:
+            return
+        self.finished, self.error = True, error
+        if discard:
+            self.clear()
+        self._wake.set()
+
+    async def ready(self) -> bool:
+        """Wait for something to write; False once finished and drained."""
+        while not self.items:
+            if self.finished:
+                return False
+            self._wake.clear()
+            await self._wake.wait()
+        return True
+
+
+def event_message(event: Event) -> bytes:
+    return hub_pb2.Event(
+        id=event.id,
+        type=event.type,
+        data=event.data_json,
+        keys=event.keys,
+        prefixes=event.prefixes,
+        flush=event.flush,
+        published_at_unix_micros=round(event.published_at * 1_000_000),
+        traceparent=event.traceparent,
+        tracestate=event.tracestate,
+    ).SerializeToString()
+
+
+def batch_message(encoded_events: list[bytes]) -> bytes:
+    """SubscribeResponse{events: EventBatch{events: ...}} from already-encoded events."""
+    return field_1(b"".join(field_1(e) for e in encoded_events))
+
+
+class SubscribeSink:
+    """The fan-out sink of one Subscribe stream (kind "grpc")."""
+
+    kind = "grpc"
+
+    def __init__(self, queue_size: int, encode: Callable[[Event], bytes]) -> None:
+        self.outbox = Outbox(queue_size)
+        self._encode = encode
+        self._heartbeat: bytes | None = None  # the heartbeat queued last, if still queued
+        self._slow = False
+
+    def send(self, event: Event) -> bool:
+        return self.outbox.put(event)
+
+    def send_replay(self, events: list[Event]) -> None:
+        self.outbox.put_all(events)
+
+    def reset(self, reason: ResetReason, detail: str, resume_from: str) -> None:
+        if reason == "slow_consumer":
+            # What was not written is dropped: the client flushes, then resubscribes.
+            self._slow = True
+            self.outbox.clear()
+        self.outbox.put_control(
+            hub_pb2.SubscribeResponse(
+                reset=hub_pb2.Reset(
+                    reason=RESET_REASONS[reason],
+                    detail=detail,
+                    resume_from=resume_from,
+                )
+            ).SerializeToString()
+        )
+
+    def heartbeat(self, head_id: str) -> None:
+        message = hub_pb2.SubscribeResponse(
+            heartbeat=hub_pb2.Heartbeat(high_water_id=head_id, sent_at_unix_micros=now_micros())
+        ).SerializeToString()
+        box = self.outbox
+        if box.items and box.items[-1] is self._heartbeat:
+            box.items[-1] = message  # an unread heartbeat is replaced, not piled up
+            self._heartbeat = message
+            return
+        self._heartbeat = message
+        box.put_control(message)
+
+    def close(self) -> None:
+        if self._slow:
+            self.outbox.finish(
+                Unavailable(
+                    f"the subscriber fell behind its queue of {self.outbox.limit} events; "
+                    "resubscribe with resume_from"
+                )
+            )
+        else:
+            self.outbox.finish(Unavailable(SHUTTING_DOWN))
+
+    async def messages(self) -> AsyncIterator[bytes]:
+        """Encoded SubscribeResponse messages: consecutive events leave as one batch."""
+        box = self.outbox
+        while await box.ready():
+            item = box.take(MAX_BATCH)
+            if isinstance(item, bytes):
+                yield item
+            else:
+                yield batch_message([self._encode(e) for e in item])
+        if box.error is not None:
+            raise box.error
+
+
+def drafts_from_request(
+    request: hub_pb2.PublishRequest, metadata: dict[str, str], max_keys: int
+) -> list[Draft]:
+    """Validate like HTTP publish; InvalidInput names the index of the first bad event."""
+    if not request.events:
+        raise InvalidInput("at least one event is required")
+    drafts = []
+    for i, item in enumerate(request.events):
+        if item.traceparent:
+            traceparent, tracestate = item.traceparent, item.tracestate
+        else:
+            traceparent = metadata.get("traceparent", "")
+            tracestate = metadata.get("tracestate", "")
+        try:
+            drafts.append(
+                make_draft(
+                    type=item.type,
+                    data_json=data_json_from_text(item.data),
+                    keys=list(item.keys),
+                    prefixes=list(item.prefixes),
+                    flush=item.flush,
+                    traceparent=traceparent,
+                    tracestate=tracestate,
+                    max_keys=max_keys,
+                )
+            )
+        except InvalidInput as exc:
+            raise type(exc)(f"event {i}: {exc}") from None
+    return drafts
+
+
+class HubService:
+    """cachewire.v1.Hub. Methods raise HubError; grpc_server maps it to a status."""
+
+    def __init__(self, hub: Hub, streams: set[Outbox]) -> None:
+        self._hub = hub
+        self._streams = streams  # open streams, ended by GrpcServer.stop
+        self._encode = EncodeCache(event_message)
+
+    async def Publish(
+        self, request: hub_pb2.PublishRequest, context: Any
+    ) -> hub_pb2.PublishResponse:
+        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        drafts = drafts_from_request(request, metadata, self._hub.settings.max_keys)
+        events = await self._hub.broker.publish(drafts)
+        return hub_pb2.PublishResponse(ids=[e.id for e in events])
+
+    async def Subscribe(
+        self, request: hub_pb2.SubscribeRequest, context: Any
+    ) -> AsyncIterator[bytes]:
+        topics = parse_topics(list(request.topics))
+        if self._hub.stopping:
+            raise Unavailable(SHUTTING_DOWN)
+        fanout = self._hub.fanout
+        sink = SubscribeSink(self._hub.settings.queue_size, self._encode)
+        peer, started = context.peer(), time.monotonic()
+        log.info(
+            "grpc subscribe opened",
+            extra={"peer": peer, "topics": sorted(topics), "resume_from": request.resume_from},
+        )
+        self._streams.add(sink.outbox)
+        sub = None
+        try:
+            sub = await fanout.subscribe(topics, sink, request.resume_from or None)
+            if not sub.closed:
+                # Live now, after any replay: tells the client so, with the high-water id.
+                sink.heartbeat(fanout.last_id)
+            async for message in sink.messages():
+                yield message
+        finally:
+            if sub is not None:
+                fanout.unsubscribe(sub)
+            self._streams.discard(sink.outbox)
+            log.info(
+                "grpc subscribe closed",
+                extra={"peer": peer, "seconds": round(time.monotonic() - started, 3)},
+            )
