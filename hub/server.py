@@ -84,7 +84,6 @@ class Hub:
         # 3. gRPC: Plasma's StreamService and cachewire's Hub service.
         if s.grpc_port is not None:
             from hub.grpc_server import GrpcServer
-    from hub.ingest import ChannelIngest
 
             self._grpc = GrpcServer(self)
             self.grpc_port = await self._grpc.start(s.host, s.grpc_port)
