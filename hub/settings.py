@@ -40,6 +40,7 @@ class HubSettings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_stream: str = "cachewire:events"
     redis_channels: tuple[str, ...] = ()
+    ingest_lease: float = 5.0
     log_level: LogLevel = "info"
 
     @classmethod
@@ -155,6 +156,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("redis_channels", "--redis-channels",
            "comma list of Redis pub/sub channels to ingest Plasma messages from",
            ("CACHEWIRE_REDIS_CHANNELS", "PLASMA_SUBSCRIBER_REDIS_CHANNELS"), _csv),
+    Option("ingest_lease", "--ingest-lease",
+           "seconds a replica holds the channel-ingest lease (taken over after this)",
+           ("CACHEWIRE_INGEST_LEASE",), _seconds),
     Option("log_level", "--log-level", "debug, info, warning or error",
            ("CACHEWIRE_LOG_LEVEL",), _choice("debug", "info", "warning", "error")),
 )

@@ -1,0 +1,391 @@
+"""The Redis Streams broker: hub replicas share one stream; ids are "<epoch>-<ms>-<seq>".
+
+Publishing is an XADD (approximate MAXLEN = history) run by a Lua script that first checks
+the stream's epoch, so a batch is atomic, its ids are consecutive, and nothing is ever
+appended under an epoch that no longer names the stream. Publishing does not dispatch:
+every replica, the publishing one included, runs a reader task (XREAD BLOCK from the last
+id it saw) that turns entries into events and dispatches them in stream order.
+
+The epoch is a random token in the key "<stream>:epoch". When Redis loses the stream
+(restart without persistence, a deleted key), the next client to notice writes a new
+epoch; resumes from ids of the old epoch then get an "epoch_changed" reset. Each entry
+also records the epoch it was written under, so a reader labels every event truthfully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from hub.brokers.base import Dispatch, Replay
+from hub.errors import Unavailable
+from hub.events import Draft, Event, Position
+from hub.settings import HubSettings
+
+log = logging.getLogger("cachewire.hub.redis")
+
+BLOCK_MS = 5_000  # an idle XREAD returns this often (and refreshes the history size)
+READ_COUNT = 1_000  # entries per XREAD
+BACKOFF_BASE = 0.1  # seconds; reconnect delays grow from here …
+BACKOFF_CAP = 2.0  # … to at most this, with jitter
+REPLAY_WAIT = 5.0  # how long a resume waits for Redis, or for this replica's reader
+CONNECT_TIMEOUT = 2.0
+COMMAND_TIMEOUT = 5.0
+
+# KEYS: stream, epoch key. ARGV: epoch, maxlen, then per event: field count, fields…
+PUBLISH_LUA = """
+local epoch = redis.call('GET', KEYS[2])
+if epoch ~= ARGV[1] or redis.call('EXISTS', KEYS[1]) == 0 then
+  return {0, epoch or ''}
+end
+local ids = {1}
+local i = 3
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*',
+                             'epoch', ARGV[1], unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return ids
+"""
+
+# KEYS: stream, epoch key. ARGV: a fresh epoch, used when the stream or its epoch is gone.
+# An empty stream is created with the epoch (XGROUP … MKSTREAM), so that "the stream key
+# is missing" always means "the stream was lost".
+ENSURE_LUA = """
+local epoch = redis.call('GET', KEYS[2])
+local exists = redis.call('EXISTS', KEYS[1])
+if epoch and exists == 1 then return {epoch, 0} end
+redis.call('SET', KEYS[2], ARGV[1])
+if exists == 0 then
+  redis.call('XGROUP', 'CREATE', KEYS[1], 'cachewire-init', '$', 'MKSTREAM')
+  redis.call('XGROUP', 'DESTROY', KEYS[1], 'cachewire-init')
+end
+return {ARGV[1], 1}
+"""
+
+
+# --- pure helpers ---
+
+# ASCII digits only ("²".isdigit() is true), and no longer than Redis's 64-bit parts.
+_STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+
+
+def parse_stream_id(text: str) -> Position | None:
+    """"<ms>-<seq>" → (ms, seq), or None."""
+    match = _STREAM_ID.fullmatch(text)
+    return None if match is None else (int(match[1]), int(match[2]))
+
+
+def parse_event_id(event_id: str) -> tuple[str, Position] | None:
+    """"<epoch>-<ms>-<seq>" → (epoch, (ms, seq)), or None when malformed."""
+    epoch, sep, rest = event_id.partition("-")
+    pos = parse_stream_id(rest) if sep and epoch else None
+    return None if pos is None else (epoch, pos)
+
+
+def stream_id(pos: Position) -> str:
+    return f"{pos[0]}-{pos[1]}"
+
+
+def next_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Reconnect delay: exponential from `base`, capped, with jitter in its upper half."""
+    ceiling = min(cap, base * 2 ** min(attempt, 32))
+    return float(ceiling / 2 + rng.uniform(0, ceiling / 2))
+
+
+def entry_fields(draft: Draft) -> list[str]:
+    """A draft → the field/value pairs of its stream entry (empty optional fields left out)."""
+    fields = ["type", draft.type, "data", draft.data_json, "published_at", repr(draft.published_at)]
+    if draft.keys:
+        fields += ["keys", json.dumps(draft.keys, ensure_ascii=False)]
+    if draft.prefixes:
+        fields += ["prefixes", json.dumps(draft.prefixes, ensure_ascii=False)]
+    if draft.flush:
+        fields += ["flush", "1"]
+    if draft.traceparent:
+        fields += ["traceparent", draft.traceparent, "tracestate", draft.tracestate]
+    return fields
+
+
+def event_from_entry(epoch: str, entry_id: str, fields: dict[str, str]) -> Event:
+    """A stream entry → an Event; ValueError/KeyError when it is not one of ours."""
+    pos = parse_stream_id(entry_id)
+    if pos is None:
+        raise ValueError(f"bad entry id {entry_id!r}")
+    epoch = fields.get("epoch", epoch)
+    return Event(
+        f"{epoch}-{entry_id}", pos, fields["type"], fields.get("data", "null"),
+        tuple(json.loads(fields["keys"])) if "keys" in fields else (),
+        tuple(json.loads(fields["prefixes"])) if "prefixes" in fields else (),
+        fields.get("flush") == "1", fields.get("traceparent", ""),
+        fields.get("tracestate", ""), float(fields.get("published_at", "0")),
+    )
+
+
+def connect(url: str, *, timeout: float | None, retries: int) -> aioredis.Redis:
+    """A client from a redis://, rediss:// or unix:// URL (password, db, TLS options in it)."""
+    return aioredis.from_url(
+        url, decode_responses=True, socket_timeout=timeout,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        # Retry only failures to reach Redis, never a command that may have been applied.
+        retry=Retry(NoBackoff(), retries, supported_errors=(RedisConnectionError,)),
+    )
+
+
+class LinkState:
+    """Up/down of a Redis link, logged once per change rather than once per attempt."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.up = asyncio.Event()
+        self._down_logged = False
+
+    def set_up(self) -> None:
+        if not self.up.is_set() and self._down_logged:
+            log.info(f"{self.what}: redis is reachable again")
+        self._down_logged = False
+        self.up.set()
+
+    def set_down(self, exc: BaseException) -> None:
+        self.up.clear()
+        if not self._down_logged:
+            log.warning(f"{self.what}: redis unavailable, retrying with backoff",
+                        extra={"error": f"{type(exc).__name__}: {exc}"})
+            self._down_logged = True
+
+
+# --- the broker ---
+
+
+class RedisBroker:
+    def __init__(self, settings: HubSettings, rng: random.Random | None = None) -> None:
+        self.stream = settings.redis_stream
+        self.epoch_key = f"{settings.redis_stream}:epoch"
+        self._url = settings.redis_url
+        self._maxlen = settings.history
+        self._rng = rng or random.Random()
+        self.epoch = ""  # the reader's epoch: labels head_id, position, replay
+        self._write_epoch = ""  # the epoch publishes check against
+        self._last = "0-0"  # the newest entry id this replica's reader dispatched
+        self._last_pos: Position = (0, 0)
+        self._dead: set[str] = set()  # epochs replaced while this replica ran
+        self._length = 0
+        self._length_at = 0.0
+        self._progress = asyncio.Event()
+        self._link = LinkState("redis broker")
+        self._dispatch: Dispatch | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._writer = connect(self._url, timeout=COMMAND_TIMEOUT, retries=1)
+        # The reader blocks in XREAD for BLOCK_MS: its socket timeout must be longer.
+        self._reader = connect(self._url, timeout=BLOCK_MS / 1000 + COMMAND_TIMEOUT, retries=0)
+        self._publish_script = self._writer.register_script(PUBLISH_LUA)
+        self._ensure_script = self._writer.register_script(ENSURE_LUA)
+
+    # --- lifecycle ---
+
+    async def start(self, dispatch: Dispatch) -> None:
+        """Returns once Redis answered (retrying with backoff meanwhile): ids need it."""
+        self._dispatch = dispatch
+        attempt = 0
+        while True:
+            try:
+                await self._sync()
+                break
+            except (RedisError, OSError) as exc:
+                self._link.set_down(exc)
+                await asyncio.sleep(next_delay(attempt, BACKOFF_BASE, BACKOFF_CAP, self._rng))
+                attempt += 1
+        self._link.set_up()
+        log.info("redis broker connected", extra={
+            "stream": self.stream, "epoch": self.epoch, "head": self.head_id()})
+        self._task = asyncio.create_task(self._read_loop(), name="redis-reader")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._dispatch = None
+        self._link.up.clear()
+        await self._reader.aclose()
+        await self._writer.aclose()
+
+    async def _ensure_epoch(self) -> str:
+        reply = await self._ensure_script(
+            keys=[self.stream, self.epoch_key], args=[secrets.token_hex(4)])
+        epoch, created = str(reply[0]), bool(reply[1])
+        if created:
+            log.warning("redis stream epoch created", extra={
+                "stream": self.stream, "epoch": epoch, "previous": self.epoch or None})
+        self._write_epoch = epoch
+        return epoch
+
+    async def _sync(self) -> None:
+        """(Re)connect: learn the epoch; a new one means the stream was replaced."""
+        epoch = await self._ensure_epoch()
+        if not self.epoch:  # first connection: start after the newest entry
+            info = await self._reader.xinfo_stream(self.stream)
+            self._last = str(info["last-generated-id"])
+            self._last_pos = parse_stream_id(self._last) or (0, 0)
+            self._length = int(info["length"])
+        elif epoch != self.epoch:
+            # The stream we read was lost: read the new one from its start, skipping any
+            # entries left from epochs already replaced.
+            log.warning("redis stream was lost: events after the last one read may be "
+                        "missing; resumes from older ids get an epoch_changed reset",
+                        extra={"stream": self.stream, "old_epoch": self.epoch, "epoch": epoch})
+            self._dead.add(self.epoch)
+            self._last, self._last_pos = "0-0", (0, 0)
+        self.epoch = epoch
+
+    # --- the reader ---
+
+    async def _read_loop(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                if not self._link.up.is_set():
+                    await self._sync()
+                    self._link.set_up()
+                    attempt = 0
+                reply: Any = await self._reader.xread(
+                    {self.stream: self._last}, count=READ_COUNT, block=BLOCK_MS)
+                if reply:
+                    self._handle(reply[0][1])
+                await self._refresh_length()
+            except (RedisError, OSError) as exc:
+                self._link.set_down(exc)
+                await asyncio.sleep(next_delay(attempt, BACKOFF_BASE, BACKOFF_CAP, self._rng))
+                attempt += 1
+
+    def _handle(self, entries: Sequence[tuple[str, dict[str, str]]]) -> None:
+        events: list[Event] = []
+        for entry_id, fields in entries:
+            self._last = entry_id
+            epoch = fields.get("epoch", self.epoch)
+            if epoch in self._dead:
+                continue
+            if epoch != self.epoch:
+                log.warning("redis stream epoch changed", extra={
+                    "stream": self.stream, "old_epoch": self.epoch, "epoch": epoch})
+                self._dead.add(self.epoch)
+                self.epoch = epoch
+            try:
+                event = event_from_entry(epoch, entry_id, fields)
+            except (KeyError, ValueError) as exc:
+                log.error("skipped a stream entry that is not a cachewire event",
+                          extra={"stream": self.stream, "entry": entry_id, "error": repr(exc)})
+                continue
+            events.append(event)
+            self._last_pos = event.pos
+        self._last_pos = parse_stream_id(self._last) or self._last_pos
+        if events and self._dispatch is not None:
+            self._dispatch(events)
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    async def _refresh_length(self) -> None:
+        now = time.monotonic()
+        if now - self._length_at >= 1.0:
+            self._length_at = now
+            self._length = int(await self._reader.xlen(self.stream))
+
+    # --- the Broker protocol ---
+
+    async def publish(self, drafts: Sequence[Draft]) -> list[Event]:
+        args: list[str | int] = [self._maxlen]
+        for draft in drafts:
+            fields = entry_fields(draft)
+            args += [len(fields), *fields]
+        try:
+            for _ in range(3):
+                epoch = self._write_epoch
+                reply = await self._publish_script(
+                    keys=[self.stream, self.epoch_key], args=[epoch, *args])
+                if reply[0] == 1:
+                    return [Event.from_draft(d, f"{epoch}-{i}", parse_stream_id(i) or (0, 0))
+                            for d, i in zip(drafts, reply[1:], strict=True)]
+                await self._ensure_epoch()  # the stream was lost or replaced: adopt its epoch
+        except (RedisError, OSError) as exc:
+            log.debug("publish failed", extra={"error": repr(exc)})
+            raise Unavailable(f"redis is unavailable, nothing was published: {exc}") from None
+        raise Unavailable("the redis stream keeps changing epochs; nothing was published")
+
+    async def replay(self, after_id: str) -> Replay:
+        parsed = parse_event_id(after_id)
+        if parsed is None:
+            return Replay(reset="unknown_id", detail=f"malformed event id {after_id!r}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._link.up.wait(), REPLAY_WAIT)
+        if not self._link.up.is_set():
+            return Replay(reset="history_expired",
+                          detail="redis is unavailable, the history cannot be read")
+        epoch, pos = parsed
+        if epoch != self.epoch:
+            return Replay(reset="epoch_changed", detail=f"epoch {epoch!r} is not {self.epoch!r}")
+        try:
+            if pos > self._last_pos and not await self._catch_up(pos):
+                return Replay(reset="unknown_id", detail=f"event id {after_id!r} is in the future")
+            head = self._last
+            async with self._reader.pipeline(transaction=True) as pipe:
+                pipe.xrange(self.stream, "(" + stream_id(pos), head)
+                pipe.xinfo_stream(self.stream)
+                entries, info = await pipe.execute()
+        except (RedisError, OSError, Unavailable) as exc:
+            return Replay(reset="history_expired",
+                          detail=f"the history cannot be read now: {exc}")
+        if epoch != self.epoch:  # the stream was replaced while we waited
+            return Replay(reset="epoch_changed", detail=f"epoch {epoch!r} is not {self.epoch!r}")
+        deleted = parse_stream_id(str(info["max-deleted-entry-id"])) or (0, 0)
+        if deleted > pos:
+            return Replay(reset="history_expired", detail=f"event id {after_id!r} left history")
+        events = []
+        for entry_id, fields in entries:
+            if fields.get("epoch", epoch) == epoch:
+                with contextlib.suppress(KeyError, ValueError):
+                    events.append(event_from_entry(epoch, entry_id, fields))
+        return Replay(events=events)
+
+    async def _catch_up(self, pos: Position) -> bool:
+        """An id ahead of this replica's reader: wait for it if Redis has it already."""
+        info = await self._reader.xinfo_stream(self.stream)
+        if pos > (parse_stream_id(str(info["last-generated-id"])) or (0, 0)):
+            return False
+        deadline = time.monotonic() + REPLAY_WAIT
+        while self._last_pos < pos:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Unavailable("this replica's reader is behind the stream")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), remaining)
+        return True
+
+    def position(self, event_id: str) -> Position | None:
+        parsed = parse_event_id(event_id)
+        if parsed is None or parsed[0] != self.epoch:
+            return None
+        return parsed[1]
+
+    def head_id(self) -> str:
+        return f"{self.epoch}-{self._last}"
+
+    def history_size(self) -> int:
+        return self._length
+
+    def ready(self) -> bool:
+        return self._link.up.is_set()
