@@ -43,7 +43,7 @@ class Sink(Protocol):
 
 
 class Subscription:
-    __slots__ = ("_buffer", "_fanout", "closed", "seam", "sink", "topics")
+    __slots__ = ("_buffer", "_fanout", "_skip_through", "closed", "seam", "sink", "topics")
 
     def __init__(self, fanout: Fanout, topics: frozenset[str], sink: Sink) -> None:
         self._fanout = fanout
@@ -52,17 +52,28 @@ class Subscription:
         self.closed = False
         # While a resume replays history, live events wait here (bounded like the queue).
         self._buffer: list[Event] | None = None
+        # Set when a replay ran ahead of dispatch (a shared broker): live events up to here
+        # were already replayed and are skipped.
+        self._skip_through: Position | None = None
         # The head when registered: after a reset, delivery continues from here.
         self.seam = fanout.last_id
 
     def deliver(self, event: Event) -> None:
         if self._buffer is not None:
-            if len(self._buffer) >= self._fanout.queue_size:
-                self._fanout.drop_slow(self)
-            else:
-                self._buffer.append(event)
+            self._hold(event)
         elif not self.sink.send(event):
             self._fanout.drop_slow(self)
+
+    def _hold(self, event: Event) -> None:
+        assert self._buffer is not None
+        if self._skip_through is not None:
+            if event.pos > self._skip_through:
+                self._skip_through = self._buffer = None
+                self.deliver(event)
+        elif len(self._buffer) >= self._fanout.queue_size:
+            self._fanout.drop_slow(self)
+        else:
+            self._buffer.append(event)
 
 
 class Fanout:
@@ -115,7 +126,11 @@ class Fanout:
         self._add(sub)
         if not resume_from:
             return sub
-        replay = await self.broker.replay(resume_from)
+        try:
+            replay = await self.broker.replay(resume_from)
+        except BaseException:  # the client left, or the broker failed: leave no trace
+            self.unsubscribe(sub)
+            raise
         if sub.closed:
             return sub
         buffered, sub._buffer = sub._buffer or [], None
@@ -132,6 +147,8 @@ class Fanout:
                 sub.deliver(event)
                 if sub.closed:
                     break
+        if last is not None and last > self.last_pos and not sub.closed:
+            sub._skip_through, sub._buffer = last, []
         return sub
 
     def _add(self, sub: Subscription) -> None:

@@ -70,7 +70,7 @@ class Event:
             meta["prefixes"] = list(self.prefixes)
         if self.flush:
             meta["flush"] = True
-        return '{"meta":%s,"data":%s}' % (_dumps(meta), self.data_json)
+        return f'{{"meta":{_dumps(meta)},"data":{self.data_json}}}'
 
     def sse_frame(self) -> bytes:
         """The SSE frame, encoded once and shared by every subscriber."""
@@ -80,7 +80,29 @@ class Event:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(text: str | bytes, what: str = "the body") -> Any:
+    """Strict JSON: no NaN/Infinity (browsers' JSON.parse rejects them), bounded nesting."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise InvalidInput(f"{what} is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{what} is not valid JSON ({exc})") from None
+
+
+def _encodable(text: str, what: str) -> None:
+    """JSON admits lone surrogates ("\\ud800"); UTF-8, and so every wire, does not."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} is not valid Unicode (lone surrogate)") from None
 
 
 def type_prefixes(event_type: str) -> Iterator[str]:
@@ -105,6 +127,7 @@ def validate_topic(topic: Any, what: str = "type") -> str:
         raise InvalidInput(f"{what} must be a string")
     if not topic:
         raise InvalidInput(f"{what} must not be empty")
+    _encodable(topic, what)
     if len(topic.encode()) > MAX_TYPE_BYTES:
         raise InvalidInput(f"{what} is longer than {MAX_TYPE_BYTES} bytes")
     if _CONTROL.search(topic):
@@ -129,6 +152,7 @@ def _string_list(value: Any, name: str, limit: int) -> tuple[str, ...]:
         raise TooLarge(f"{name} has {len(value)} entries, more than the limit of {limit}")
     if any(not v for v in value):
         raise InvalidInput(f"{name} must not contain an empty string")
+    _encodable("".join(value), name)
     return tuple(value)
 
 
@@ -151,6 +175,7 @@ def make_draft(
         raise TooLarge(f"keys and prefixes together exceed the limit of {max_keys}")
     if not isinstance(flush, bool):
         raise InvalidInput("flush must be a boolean")
+    _encodable(data_json, "data")
     if traceparent and not _TRACEPARENT.match(traceparent):
         traceparent, tracestate = "", ""  # a malformed context is dropped, as W3C says
     return Draft(type, data_json, keys_t, prefixes_t, flush, traceparent, tracestate[:512])
@@ -173,8 +198,12 @@ def drafts_from_json(body: Any, *, max_keys: int, traceparent: str = "",
                 raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
             if "type" not in item:
                 raise InvalidInput("type is required")
+            try:
+                data_json = _dumps(item.get("data"))
+            except RecursionError:
+                raise InvalidInput("data is nested too deeply") from None
             drafts.append(make_draft(
-                type=item["type"], data_json=_dumps(item.get("data")), keys=item.get("keys"),
+                type=item["type"], data_json=data_json, keys=item.get("keys"),
                 prefixes=item.get("prefixes"), flush=item.get("flush", False),
                 traceparent=traceparent, tracestate=tracestate, max_keys=max_keys,
             ))
@@ -188,6 +217,9 @@ def data_json_from_text(text: str) -> str:
     if not text:
         return "null"
     try:
-        return _dumps(json.loads(text))
+        value = json.loads(text, parse_constant=_reject_constant)
+        return _dumps(value)
+    except RecursionError:
+        raise InvalidInput("data is nested too deeply") from None
     except ValueError:
         raise InvalidInput("data must be JSON text (a JSON string needs quotes)") from None

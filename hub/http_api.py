@@ -2,28 +2,34 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from hub import sse
+from hub import sse, telemetry
 from hub.brokers.base import Broker
 from hub.core import Fanout
-from hub.errors import HubError, InvalidInput, TooLarge
-from hub.events import drafts_from_json
+from hub.errors import HubError, TooLarge
+from hub.events import drafts_from_json, parse_json
 from hub.settings import HubSettings
 
 log = logging.getLogger("cachewire.hub.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OWN_PATHS = {"/v1/publish", "/hc", "/healthz", "/readyz", "/metrics", "/metrics/plasma"}
 
 
 def error_response(status: int, message: str) -> web.Response:
     return web.json_response({"error": message, "status": status}, status=status)
+
+
+def _rejected(request: web.Request, status: int, message: str) -> web.Response:
+    """A 4xx/5xx the client caused or must retry: one log line, a JSON body."""
+    log.info("request rejected", extra={
+        "method": request.method, "path": request.path, "status": status, "error": message,
+        "peer": request.remote})
+    return error_response(status, message)
 
 
 @web.middleware
@@ -32,14 +38,14 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except HubError as exc:
-        return error_response(exc.http_status, str(exc))
+        return _rejected(request, exc.http_status, str(exc))
     except web.HTTPRequestEntityTooLarge:
         limit = request.app["settings"].max_body
-        return error_response(413, f"request body is larger than the limit of {limit} bytes")
+        return _rejected(request, 413, f"request body is larger than the limit of {limit} bytes")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, exc.reason)
+        return _rejected(request, exc.status, exc.reason)
     except (ConnectionResetError, TimeoutError):
         raise
     except Exception:
@@ -52,16 +58,12 @@ async def publish(request: web.Request) -> web.Response:
     broker: Broker = request.app["broker"]
     if request.content_length is not None and request.content_length > settings.max_body:
         raise TooLarge(f"request body is larger than the limit of {settings.max_body} bytes")
-    raw = await request.read()
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput("the body is not valid JSON") from None
+    body = parse_json(await request.read())
     drafts = drafts_from_json(
         body, max_keys=settings.max_keys,
         traceparent=request.headers.get("traceparent", ""),
         tracestate=request.headers.get("tracestate", ""))
-    events = await broker.publish(drafts)
+    events = await telemetry.publish(broker, drafts)
     return web.json_response({"ids": [e.id for e in events]})
 
 

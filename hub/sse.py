@@ -18,7 +18,7 @@ from aiohttp import web
 
 from hub.brokers.base import ResetReason
 from hub.core import Fanout
-from hub.errors import InvalidInput
+from hub.errors import HubError, InvalidInput
 from hub.events import RESET_TYPE, Event, parse_topics
 from hub.settings import HubSettings
 
@@ -49,8 +49,12 @@ class Flusher:
         self._scheduled = False
         dirty, self._dirty = self._dirty, set()
         for sink in dirty:
-            if not sink.flush():
-                self._stalled.add(sink)
+            try:
+                if not sink.flush():
+                    self._stalled.add(sink)
+            except Exception:  # one broken transport must not starve the others
+                log.exception("sse write failed")
+                sink.abort()
         if self._stalled and self._retry is None:
             self._retry = asyncio.get_running_loop().call_later(STALLED_RETRY, self._unstall)
 
@@ -98,13 +102,19 @@ class SseSink:
         self._flusher.mark(self)
 
     def heartbeat(self, head_id: str) -> None:
-        self._pending.append(HEARTBEAT)
-        self._flusher.mark(self)
+        if not self._pending:  # pending frames keep the stream alive already
+            self._pending.append(HEARTBEAT)
+            self._flusher.mark(self)
 
     def close(self) -> None:
         self.flush(force=True)
         if not self.done.done():
             self.done.set_result(None)
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+        self.close()
 
     def flush(self, force: bool = False) -> bool:
         """Write what is pending; False when the socket is backed up (try again later)."""
@@ -138,13 +148,19 @@ def topics_from_query(request: web.Request, query_name: str) -> frozenset[str]:
     return parse_topics(raw.split(","), "event type")
 
 
+def _last_event_id(request: web.Request) -> str | None:
+    """The browser's Last-Event-ID header, else Plasma's ?lastEventId= (its polyfill's)."""
+    raw = request.headers.get("Last-Event-ID") or request.query.get("lastEventId") or ""
+    return raw.strip() or None
+
+
 async def handle(request: web.Request) -> web.StreamResponse:
     """Serve one SSE subscriber until it disconnects or the hub shuts down."""
     fanout: Fanout = request.app["fanout"]
     settings: HubSettings = request.app["settings"]
     flusher: Flusher = request.app["flusher"]
     topics = topics_from_query(request, settings.sse_event_query)
-    last_id = request.headers.get("Last-Event-ID") or request.query.get("lastEventId") or None
+    last_id = _last_event_id(request)
 
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream",
@@ -153,6 +169,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     })
     if settings.cors_origin:
         response.headers["Access-Control-Allow-Origin"] = settings.cors_origin
+    if request.method == "HEAD":
+        return response  # the headers a GET would get, and no stream
+    response.force_close()  # a stream's connection is never reused for another request
     chunked = request.version >= (1, 1)
     if chunked:
         response.enable_chunked_encoding()
@@ -169,15 +188,35 @@ async def handle(request: web.Request) -> web.StreamResponse:
     started = time.monotonic()
     log.info("sse connection opened",
              extra={"peer": peer, "topics": sorted(topics), "last_event_id": last_id})
-    sub = await fanout.subscribe(topics, sink, last_id)
     try:
-        await sink.done
-    finally:
-        fanout.unsubscribe(sub)
-        log.info("sse connection closed", extra={
-            "peer": peer, "seconds": round(time.monotonic() - started, 3)})
-    if not request.transport or request.transport.is_closing():
-        return response
-    sink.flush(force=True)
-    await response.write_eof()
+        sub = await fanout.subscribe(topics, sink, last_id)
+    except HubError as exc:  # e.g. the broker cannot replay now: the client retries
+        log.warning("sse resume failed", extra={"peer": peer, "error": str(exc)})
+    else:
+        try:
+            await sink.done
+        finally:  # also when the client went away (aiohttp cancels the handler)
+            fanout.unsubscribe(sub)
+            log.info("sse connection closed", extra={
+                "peer": peer, "seconds": round(time.monotonic() - started, 3)})
+    await _finish(request, response, sink, settings.grace)
     return response
+
+
+async def _finish(request: web.Request, response: web.StreamResponse, sink: SseSink,
+                  drain_within: float) -> None:
+    """End the stream with its terminating chunk; cut a client that does not read it."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        return
+    sink.flush(force=True)
+    try:
+        async with asyncio.timeout(drain_within):
+            await response.write_eof()
+    except TimeoutError:
+        log.info("sse client did not drain its stream; connection aborted",
+                 extra={"peer": request.remote})
+        transport.abort()
+    except asyncio.CancelledError:
+        transport.abort()
+        raise

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Sequence
 
 from hub.brokers.base import Dispatch, Replay, split_id
 from hub.events import Draft, Event, Position
+
+# ASCII digits only ("²".isdigit() is true) and short enough for int() (Plasma's ids are
+# bare counters such as "42": they have no epoch and so never parse as ours).
+_SEQ = re.compile(r"[0-9]{1,18}")
 
 
 class MemoryBroker:
@@ -41,14 +46,14 @@ class MemoryBroker:
 
     def position(self, event_id: str) -> Position | None:
         parts = split_id(event_id)
-        if parts is None or parts[0] != self.epoch or not parts[1].isdigit():
+        if parts is None or parts[0] != self.epoch or not _SEQ.fullmatch(parts[1]):
             return None
         return (int(parts[1]), 0)
 
     async def replay(self, after_id: str) -> Replay:
         parts = split_id(after_id)
-        if parts is None or not parts[1].isdigit():
-            return Replay(reset="unknown_id", detail=f"malformed event id {after_id!r}")
+        if parts is None or not _SEQ.fullmatch(parts[1]):
+            return Replay(reset="unknown_id", detail=f"malformed event id {after_id[:80]!r}")
         if parts[0] != self.epoch:
             return Replay(reset="epoch_changed", detail=f"epoch {parts[0]!r} is not {self.epoch!r}")
         seq = int(parts[1])
