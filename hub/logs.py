@@ -1,4 +1,7 @@
-"""JSON-lines logging: one object per line, with whatever `extra=` fields a call adds."""
+"""JSON-lines logging: one object per line, with whatever `extra=` fields a call adds.
+
+While a span is active (tracing on), each line also carries its `trace_id` and `span_id`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import logging
 import sys
 import time
 from typing import Any
+
+from cachewire.telemetry import log_fields
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -20,6 +25,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        out.update(log_fields())
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 out[key] = value

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from hub import http_api, sse
+from hub import http_api, sse, telemetry
 from hub.brokers.base import Broker
 from hub.brokers.memory import MemoryBroker
 from hub.core import Fanout
@@ -67,6 +67,7 @@ class Hub:
 
     async def start(self) -> None:
         s = self.settings
+        telemetry.setup()  # tracing from OTEL_* (once per process; off when unset)
         # 1. The broker first: nothing is served before ids and history work.
         await self.broker.start(self.fanout.dispatch)
         self.fanout.last_id = self.broker.head_id()
@@ -128,4 +129,5 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.broker.stop()
+        await telemetry.flush()  # export the spans still buffered
         log.info("hub stopped")
