@@ -84,8 +84,8 @@ def _seconds(text: str) -> float:
 
 def _non_negative(text: str) -> float:
     value = float(text.removesuffix("s"))
-    if value < 0:
-        raise ValueError("must not be negative")
+    if not 0 <= value < 86_400:  # also refuses nan and inf
+        raise ValueError("must be a number of seconds, 0 or more")
     return value
 
 
