@@ -48,11 +48,14 @@ async def publish(broker: Broker, drafts: Sequence[Draft], transport: str = "htt
     """`broker.publish(drafts)` inside the publish span(s) when tracing is on."""
     tracer = ct.tracer()
     if tracer is None:
-        events = await broker.publish(drafts)
-    elif len(drafts) == 1:
-        events = await _publish_one(tracer, broker, drafts[0], transport)
-    else:
-        events = await _publish_batch(tracer, broker, drafts, transport)
+        return _published(await broker.publish(drafts), transport)
+    if len(drafts) == 1:
+        return await _publish_one(tracer, broker, drafts[0], transport)
+    return await _publish_batch(tracer, broker, drafts, transport)
+
+
+def _published(events: list[Event], transport: str) -> list[Event]:
+    """A debug line per publish; inside the span, so it carries the trace and span ids."""
     if log.isEnabledFor(logging.DEBUG):
         log.debug("published", extra={"ids": [e.id for e in events], "transport": transport})
     return events
@@ -83,7 +86,7 @@ async def _publish_one(tracer: Tracer, broker: Broker, draft: Draft, transport: 
             _failed(span, exc)
             raise
         span.set_attribute(ct.ATTR_MESSAGE_ID, events[0].id)
-    return events
+        return _published(events, transport)
 
 
 async def _publish_batch(
@@ -124,10 +127,10 @@ async def _publish_batch(
                 raise
             for span, event in zip(creates, events, strict=True):
                 span.set_attribute(ct.ATTR_MESSAGE_ID, event.id)
+            return _published(events, transport)
     finally:
         for span in creates:
             span.end()
-    return events
 
 
 def _failed(span: Span, exc: BaseException) -> None:

@@ -51,6 +51,7 @@ EXPORTERS = ("otlp", "console", "none")
 PROTOCOLS = ("grpc", "http/protobuf")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 _ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
@@ -249,7 +250,9 @@ def traceparent_of(sc: SpanContext) -> tuple[str, str]:
 def trace_id_of(traceparent: str) -> str:
     """The trace id (32 hex digits) in a traceparent, or "" when absent or invalid."""
     m = _TRACEPARENT.match(traceparent)
-    return m.group(1) if m and m.group(1) != _ZERO_TRACE else ""
+    if m is None or m.group(1) == _ZERO_TRACE or m.group(2) == _ZERO_SPAN:
+        return ""
+    return m.group(1)
 
 
 def message_attributes(
