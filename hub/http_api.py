@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hub import sse, telemetry
-from hub.brokers.base import Broker
-from hub.core import Fanout
 from hub.errors import HubError, TooLarge
 from hub.events import drafts_from_json, parse_json
-from hub.settings import HubSettings
+
+if TYPE_CHECKING:
+    from hub.server import Hub
 
 log = logging.getLogger("cachewire.hub.http")
 
@@ -40,7 +41,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except HubError as exc:
         return _rejected(request, exc.http_status, str(exc))
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app["settings"].max_body
+        limit = request.app[sse.HUB].settings.max_body
         return _rejected(request, 413, f"request body is larger than the limit of {limit} bytes")
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -54,8 +55,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 async def publish(request: web.Request) -> web.Response:
-    settings: HubSettings = request.app["settings"]
-    broker: Broker = request.app["broker"]
+    hub = request.app[sse.HUB]
+    settings, broker = hub.settings, hub.broker
     if request.content_length is not None and request.content_length > settings.max_body:
         raise TooLarge(f"request body is larger than the limit of {settings.max_body} bytes")
     body = parse_json(await request.read())
@@ -74,15 +75,15 @@ async def health(request: web.Request) -> web.Response:
 
 async def plasma_hc(request: web.Request) -> web.Response:
     """Plasma's /hc: 200 while the broker works (Plasma pings Redis here)."""
-    broker: Broker = request.app["broker"]
-    if not broker.ready():
+    if not request.app[sse.HUB].broker.ready():
         return error_response(503, "broker unavailable")
     return web.json_response({"status": "ok"})
 
 
 async def ready(request: web.Request) -> web.Response:
-    broker: Broker = request.app["broker"]
-    if request.app["hub"].stopping:
+    hub: Hub = request.app[sse.HUB]
+    broker = hub.broker
+    if hub.stopping:
         return error_response(503, "shutting down")
     if not broker.ready():
         return error_response(503, "broker unavailable")
@@ -90,14 +91,13 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    registry: CollectorRegistry = request.app["registry"]
-    resp = web.Response(body=generate_latest(registry))
+    resp = web.Response(body=generate_latest(request.app[sse.HUB].registry))
     resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     return resp
 
 
 async def plasma_metrics(request: web.Request) -> web.Response:
-    fanout: Fanout = request.app["fanout"]
+    fanout = request.app[sse.HUB].fanout
     sse_count = fanout.count("sse")
     grpc_count = fanout.count("grpc_plasma") + fanout.count("grpc")
     return web.json_response({"connections": sse_count + grpc_count,

@@ -56,12 +56,7 @@ class Hub:
             middlewares=[http_api.errors_middleware],
             client_max_size=self.settings.max_body,
         )
-        app["hub"] = self
-        app["settings"] = self.settings
-        app["broker"] = self.broker
-        app["fanout"] = self.fanout
-        app["flusher"] = self.flusher
-        app["registry"] = self.registry
+        app[sse.HUB] = self
         http_api.add_routes(app)
         return app
 
@@ -109,6 +104,8 @@ class Hub:
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.grace if grace is None else grace
+        if self.stopping:  # stopped already, or stopping: once is enough
+            return
         self.stopping = True
         log.info("hub stopping", extra={"grace": grace})
         # 1. Stop accepting connections, so clients reconnect to another replica.

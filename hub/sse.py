@@ -13,16 +13,21 @@ import asyncio
 import json
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from hub.brokers.base import ResetReason
-from hub.core import Fanout
 from hub.errors import HubError, InvalidInput
 from hub.events import RESET_TYPE, Event, parse_topics
-from hub.settings import HubSettings
+
+if TYPE_CHECKING:
+    from hub.server import Hub
 
 log = logging.getLogger("cachewire.hub.sse")
+
+# The one application key: handlers reach settings, broker, fan-out and flusher through it.
+HUB: web.AppKey[Hub] = web.AppKey("hub")
 
 HEARTBEAT = b": heartbeat\n\n"
 # Bytes a subscriber's socket may hold unsent before we stop writing to it.
@@ -156,9 +161,8 @@ def _last_event_id(request: web.Request) -> str | None:
 
 async def handle(request: web.Request) -> web.StreamResponse:
     """Serve one SSE subscriber until it disconnects or the hub shuts down."""
-    fanout: Fanout = request.app["fanout"]
-    settings: HubSettings = request.app["settings"]
-    flusher: Flusher = request.app["flusher"]
+    hub = request.app[HUB]
+    fanout, settings, flusher = hub.fanout, hub.settings, hub.flusher
     topics = topics_from_query(request, settings.sse_event_query)
     last_id = _last_event_id(request)
 
