@@ -1,0 +1,53 @@
+"""`cachewire-sidecar` / `python -m sidecar`: parse settings, run until SIGTERM or SIGINT.
+
+A bad flag, variable or config file ends the start with one line naming it (exit 2). On
+SIGTERM the sidecar stops reading the hub, finishes the batch in flight (and what else is
+pending, within --grace), and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+from sidecar import logs
+from sidecar.errors import ConfigError
+from sidecar.server import Sidecar
+from sidecar.settings import SidecarSettings, parse
+from sidecar.sinks.base import SinkError
+
+
+async def serve(settings: SidecarSettings) -> None:
+    sidecar = Sidecar(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await sidecar.start()
+        await stop.wait()
+    finally:
+        await sidecar.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        settings = parse(sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        print(f"cachewire-sidecar: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logs.setup(settings.log_level)
+    try:
+        asyncio.run(serve(settings))
+    except ConfigError as exc:
+        print(f"cachewire-sidecar: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (OSError, SinkError) as exc:  # e.g. the health or relay port is taken
+        print(f"cachewire-sidecar: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,515 @@
+"""The applier: the hub's events, in id order, become batches applied to every sink.
+
+Per sink there is a bounded queue of pending invalidations and one worker. The worker
+applies a batch once it is full (`batch_size`) or its first invalidation has waited
+`batch_delay`, whichever comes first; a failed batch stays at the head of the queue and is
+retried with capped exponential backoff, growing as more invalidations arrive. A flush
+subsumes everything pending before it, so past `max_pending` a sink's queue is replaced
+by one flush, done when the sink is back (or, with flush turned off, the oldest are
+dropped: logged and counted).
+
+Staleness: the sidecar may have missed invalidations when it starts, when the hub sends a
+reset, or when it has heard nothing (no event, no heartbeat) for `max_staleness`. Then it
+flushes every sink whose flush is on and, while the silence lasts, flushes again every
+`max_staleness`, because what the app refills meanwhile may go stale too. It is caught up
+again once every sink has applied up to the high-water id of the hub's latest heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from itertools import islice
+from typing import Any, Literal
+
+from sidecar.errors import InvalidInput
+from sidecar.metrics import Metrics
+from sidecar.positions import Epochs, Pos, parse_id
+from sidecar.rules import Rules
+from sidecar.sinks.base import Invalidation, Sink
+from sidecar.stream import next_delay
+
+log = logging.getLogger("cachewire.sidecar.applier")
+
+FlushCause = Literal["start", "reset", "stale", "overflow", "event", "epoch"]
+Clock = Callable[[], float]
+
+
+def batch_due_in(pending: int, first_arrived: float, now: float, size: int, delay: float) -> float:
+    """Seconds until a batch must be applied: 0 when full, else its first item's deadline."""
+    if pending >= size:
+        return 0.0
+    return max(0.0, first_arrived + delay - now)
+
+
+class Staleness:
+    """When silence from the hub means invalidations may have been lost (pure; a clock in)."""
+
+    def __init__(self, bound: float, now: float) -> None:
+        self.bound = bound
+        self.last_contact = now
+        self.last_flush: float | None = None
+
+    def contact(self, now: float) -> None:
+        self.last_contact = now
+
+    def silent(self, now: float) -> bool:
+        return now - self.last_contact >= self.bound
+
+    def due(self, now: float) -> bool:
+        """A flush is due: silent for `bound`, and no flush for `bound` during this silence."""
+        if not self.silent(now):
+            return False
+        last = self.last_flush
+        return last is None or last < self.last_contact or now - last >= self.bound
+
+    def flushed(self, now: float) -> None:
+        self.last_flush = now
+
+    def next_check(self, now: float) -> float:
+        """The time at which `due` may next become true."""
+        at = self.last_contact + self.bound
+        if self.last_flush is not None and self.last_flush >= self.last_contact:
+            at = max(at, self.last_flush + self.bound)
+        return max(at, now)
+
+
+class Notifier:
+    """Wakes every waiter whenever something changed; waiters re-check their predicate."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Return once predicate() holds (bound it with asyncio.timeout)."""
+        while not predicate():
+            await self._event.wait()
+
+
+@dataclass(eq=False, slots=True)
+class Item:
+    inv: Invalidation
+    pos: Pos | None
+    arrived: float
+
+
+class Slot:
+    """One sink and its queue, flush state and health, as the applier sees it."""
+
+    def __init__(self, sink: Sink, flush_enabled: bool = True) -> None:
+        self.sink = sink
+        self.name = sink.name
+        self.flush_enabled = flush_enabled
+        self.pending: deque[Item] = deque()
+        self.flush_cause: FlushCause | None = None
+        self.flush_detail = ""
+        self.flush_covers: Pos | None = None
+        self.flush_gen = 0
+        self.applied: Pos | None = None
+        self.busy = False
+        self.failing = False
+        self.attempt = 0
+        self.errors = 0
+        self.last_error = ""
+        self.overflowing = False
+        self.wake = asyncio.Event()
+
+    @property
+    def idle(self) -> bool:
+        return not self.pending and self.flush_cause is None and not self.busy
+
+    async def wait(self, at_most: float | None = None) -> None:
+        """Until woken (new work, a flush, shutdown) or `at_most` seconds have passed."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(at_most):
+                await self.wake.wait()
+        self.wake.clear()
+
+
+class Applier:
+    def __init__(
+        self,
+        slots: Sequence[Slot],
+        rules: Rules | None = None,
+        metrics: Metrics | None = None,
+        *,
+        batch_size: int = 500,
+        batch_delay: float = 0.002,
+        max_pending: int = 100_000,
+        max_staleness: float = 5.0,
+        backoff_base: float = 0.1,
+        backoff_cap: float = 5.0,
+        clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.slots = list(slots)
+        self.rules = rules or Rules()
+        self.metrics = metrics or Metrics()
+        self.batch_size, self.batch_delay, self.max_pending = batch_size, batch_delay, max_pending
+        self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.epochs = Epochs()
+        self.staleness = Staleness(max_staleness, clock())
+        self.changed = Notifier()
+        self.connected = False
+        self.accepted: Pos | None = None  # the stream position the hub will resume after
+        self.last_event_id = ""
+        self.high_water: Pos | None = None  # of the latest heartbeat of this subscription
+        self.last_flush_at: float | None = None  # Unix time of the last gap flush
+        self._gap: tuple[FlushCause, str] | None = (
+            "start",
+            "the sidecar started: what it missed before is unknown",
+        )
+        self._closing = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.metrics.watch(
+            lambda: (self.connected, self.caught_up(), {s.name: len(s.pending) for s in self.slots})
+        )
+
+    # --- lifecycle ---
+
+    def start(self) -> None:
+        for slot in self.slots:
+            self._tasks.append(asyncio.create_task(self._run(slot), name=f"sink-{slot.name}"))
+        self._tasks.append(asyncio.create_task(self._watch(), name="staleness"))
+
+    async def stop(self, grace: float) -> None:
+        """Apply what is pending within `grace`; the operation in flight always completes."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self.changed.wait_for(lambda: all(s.idle for s in self.slots))
+        self._closing = True
+        for slot in self.slots:
+            slot.wake.set()
+        self._tasks[-1].cancel()  # the staleness watch; sink workers end after their operation
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for slot in self.slots:
+            if slot.pending or slot.flush_cause:
+                log.error(
+                    "invalidations not applied at shutdown",
+                    extra={
+                        "sink": slot.name,
+                        "pending": len(slot.pending),
+                        "flush_pending": slot.flush_cause is not None,
+                    },
+                )
+
+    # --- from the stream (called on the event loop, never block) ---
+
+    def on_connected(self) -> None:
+        """The subscription is live (its first message arrived)."""
+        self.connected = True
+        self.high_water = None
+        self._contact()
+        if self._gap is not None:
+            self.flush_all(*self._gap)
+            self._gap = None
+        self.changed.notify()
+
+    def on_disconnected(self) -> None:
+        self.connected = False
+        self.high_water = None
+        self.changed.notify()
+
+    def on_events(self, invs: Sequence[Invalidation]) -> None:
+        self._contact()
+        now = self.clock()
+        for inv in invs:
+            self.metrics.events.inc()
+            pos = parse_id(inv.id)
+            if pos is None:
+                log.warning(
+                    "event id is not <epoch>-<n>; applied without ordering", extra={"id": inv.id}
+                )
+            else:
+                acc = self.accepted
+                if acc is not None and acc.epoch == pos.epoch and pos.seq <= acc.seq:
+                    self.metrics.duplicates.inc()
+                    continue
+                if acc is not None and acc.epoch != pos.epoch:
+                    self.flush_all("epoch", f"epoch {pos.epoch} follows {acc.epoch} unannounced")
+                self.epochs.see(pos.epoch)
+                self.accepted = pos
+                self.last_event_id = inv.id
+            self._enqueue(self.rules.expand(inv), pos, now)
+        self.changed.notify()
+
+    def on_heartbeat(self, high_water_id: str) -> None:
+        """The stream is in order: every event up to the high-water id has been sent."""
+        self._contact()
+        hw = parse_id(high_water_id)
+        if hw is not None:
+            acc = self.accepted
+            if acc is not None and acc.epoch != hw.epoch:
+                self.flush_all("epoch", f"heartbeat of epoch {hw.epoch}, not {acc.epoch}")
+                acc = None
+            self.epochs.see(hw.epoch)
+            if acc is None or hw.seq > acc.seq:
+                self.accepted = hw
+            self.high_water = hw
+        self.changed.notify()
+
+    def on_reset(self, reason: str, detail: str, resume_from: str) -> None:
+        self._contact()
+        self.metrics.resets.labels(reason).inc()
+        if reason == "slow_consumer":
+            # The stream ends; resuming from what we accepted replays what we missed.
+            log.warning(
+                "hub dropped this subscriber as slow; resuming",
+                extra={"detail": detail, "resume_from": self.resume_id()},
+            )
+            return
+        log.warning(
+            "hub reset: invalidations may have been lost",
+            extra={"reason": reason, "detail": detail, "resume_from": resume_from},
+        )
+        self.flush_all("reset", f"{reason}: {detail}")
+        pos = parse_id(resume_from)
+        if pos is not None:
+            self.epochs.see(pos.epoch)
+        self.accepted = pos
+        self.changed.notify()
+
+    def resume_id(self) -> str:
+        return self.accepted.id if self.accepted is not None else ""
+
+    # --- queries ---
+
+    def slot_applied(self, slot: Slot) -> Pos | None:
+        """The position up to which this sink has applied everything accepted."""
+        return self.accepted if slot.idle else slot.applied
+
+    def applied_everywhere(self, pos: Pos) -> bool:
+        return all(self.epochs.covers(self.slot_applied(s), pos) for s in self.slots)
+
+    def caught_up(self) -> bool:
+        hw = self.high_water
+        return self.connected and hw is not None and self.applied_everywhere(hw)
+
+    def state(self) -> str:
+        if self.staleness.silent(self.clock()):
+            return "stale"
+        if not self.connected:
+            return "connecting"
+        return "live" if self.caught_up() else "catching_up"
+
+    async def wait_applied(self, event_id: str) -> None:
+        """Return once `event_id` is applied to every sink (InvalidInput if it is no id)."""
+        pos = parse_id(event_id)
+        if pos is None:
+            raise InvalidInput(f"id {event_id!r} is not an event id (<epoch>-<position>)")
+        await self.changed.wait_for(lambda: self.applied_everywhere(pos))
+
+    async def wait_caught_up(self) -> None:
+        await self.changed.wait_for(self.caught_up)
+
+    def status(self) -> dict[str, Any]:
+        applied = [self.slot_applied(s) for s in self.slots]
+        return {
+            "state": self.state(),
+            "connected": self.connected,
+            "caught_up": self.caught_up(),
+            "last_event_id": self.last_event_id,
+            "resume_from": self.resume_id(),
+            "applied_id": min_id(self.epochs, applied),
+            "high_water_id": self.high_water.id if self.high_water else "",
+            "seconds_since_contact": round(self.clock() - self.staleness.last_contact, 3),
+            "last_contact_at": time.time() - (self.clock() - self.staleness.last_contact),
+            "last_flush_at": self.last_flush_at,
+            "sinks": {
+                s.name: {
+                    "state": ("flushing" if s.flush_cause else "failing" if s.failing else "ok"),
+                    "pending": len(s.pending),
+                    "applied_id": p.id if p else "",
+                    "flush": s.flush_enabled,
+                    "errors": s.errors,
+                    "last_error": s.last_error,
+                }
+                for s, p in zip(self.slots, applied, strict=True)
+            },
+        }
+
+    # --- flushes and queues ---
+
+    def flush_all(self, cause: FlushCause, detail: str) -> None:
+        self.last_flush_at = time.time()
+        for slot in self.slots:
+            self.request_flush(slot, cause, detail)
+
+    def request_flush(self, slot: Slot, cause: FlushCause, detail: str) -> None:
+        if not slot.flush_enabled:
+            self.metrics.flushes_skipped.labels(slot.name, cause).inc()
+            log.warning(
+                "flush needed but turned off for this sink",
+                extra={"sink": slot.name, "cause": cause, "detail": detail},
+            )
+            return
+        slot.pending.clear()  # everything before the flush is subsumed by it
+        slot.flush_cause, slot.flush_detail = cause, detail
+        slot.flush_covers = self.accepted
+        slot.flush_gen += 1
+        slot.wake.set()
+
+    def _enqueue(self, inv: Invalidation, pos: Pos | None, now: float) -> None:
+        for slot in self.slots:
+            item_inv = inv
+            if inv.flush:
+                self.request_flush(slot, "event", f"event {inv.id} asks for a flush")
+                if slot.flush_enabled:
+                    continue  # the flush covers the event's keys too
+                item_inv = replace(inv, flush=False)
+            if len(slot.pending) >= self.max_pending:
+                if slot.flush_enabled:
+                    self.request_flush(
+                        slot, "overflow", f"more than {self.max_pending} invalidations pending"
+                    )
+                    continue
+                slot.pending.popleft()
+                self.metrics.dropped.labels(slot.name).inc()
+                if not slot.overflowing:
+                    slot.overflowing = True
+                    log.error(
+                        "sink over --max-pending with flush off: dropping the oldest",
+                        extra={"sink": slot.name, "max_pending": self.max_pending},
+                    )
+            slot.pending.append(Item(item_inv, pos, now))
+            slot.wake.set()
+
+    def _contact(self) -> None:
+        self.staleness.contact(self.clock())
+
+    # --- workers ---
+
+    def tick(self) -> None:
+        """Flush when the hub has been silent for max_staleness, and again while it stays so."""
+        now = self.clock()
+        if self.staleness.due(now):
+            silent = now - self.staleness.last_contact
+            log.warning(
+                "no event or heartbeat from the hub: flushing",
+                extra={"silent_seconds": round(silent, 3), "bound": self.staleness.bound},
+            )
+            self.flush_all("stale", f"no event or heartbeat for {silent:.1f}s")
+            self.staleness.flushed(now)
+            self.changed.notify()
+
+    async def _watch(self) -> None:
+        while not self._closing:
+            self.tick()
+            now = self.clock()
+            await asyncio.sleep(max(0.005, self.staleness.next_check(now) - now))
+
+    async def _run(self, slot: Slot) -> None:
+        while not self._closing:
+            if slot.flush_cause is not None:
+                await self._flush(slot)
+            elif not slot.pending:
+                await slot.wait()
+            else:
+                due = batch_due_in(
+                    len(slot.pending),
+                    slot.pending[0].arrived,
+                    self.clock(),
+                    self.batch_size,
+                    self.batch_delay,
+                )
+                if due > 0:
+                    await slot.wait(due)
+                else:
+                    await self._apply(slot, list(islice(slot.pending, self.batch_size)))
+
+    async def _apply(self, slot: Slot, batch: list[Item]) -> None:
+        slot.busy = True
+        try:
+            await slot.sink.apply([item.inv for item in batch])
+        except Exception as exc:
+            slot.busy = False
+            await self._failed(slot, "apply", exc)
+            return
+        slot.busy = False
+        members = {id(item) for item in batch}
+        while slot.pending and id(slot.pending[0]) in members:
+            slot.pending.popleft()
+        for item in reversed(batch):
+            if item.pos is not None:
+                slot.applied = item.pos
+                break
+        now = time.time()
+        lag = self.metrics.lag.labels(slot.name)
+        for item in batch:
+            if item.inv.published_at > 0:
+                lag.observe(max(0.0, now - item.inv.published_at))
+        self.metrics.applied.labels(slot.name).inc(len(batch))
+        self.metrics.batches.labels(slot.name).inc()
+        self._succeeded(slot)
+
+    async def _flush(self, slot: Slot) -> None:
+        gen, cause, covers = slot.flush_gen, slot.flush_cause, slot.flush_covers
+        assert cause is not None
+        slot.busy = True
+        try:
+            await slot.sink.flush(f"{cause}: {slot.flush_detail}")
+        except Exception as exc:
+            slot.busy = False
+            await self._failed(slot, "flush", exc)
+            return
+        slot.busy = False
+        if slot.flush_gen == gen:
+            slot.flush_cause = None
+        if covers is not None:
+            slot.applied = covers
+        self.metrics.flushes.labels(slot.name, cause).inc()
+        log.info(
+            "sink flushed", extra={"sink": slot.name, "cause": cause, "detail": slot.flush_detail}
+        )
+        self._succeeded(slot)
+
+    def _succeeded(self, slot: Slot) -> None:
+        if slot.failing:
+            log.info("sink recovered", extra={"sink": slot.name, "pending": len(slot.pending)})
+        slot.failing, slot.attempt, slot.overflowing = False, 0, False
+        self.changed.notify()
+
+    async def _failed(self, slot: Slot, what: str, exc: Exception) -> None:
+        slot.errors += 1
+        slot.failing = True
+        slot.last_error = f"{type(exc).__name__}: {exc}"
+        self.metrics.sink_errors.labels(slot.name).inc()
+        delay = next_delay(slot.attempt, self.backoff_base, self.backoff_cap, self.rng.random)
+        slot.attempt += 1
+        log.warning(
+            f"sink {what} failed; retrying",
+            extra={
+                "sink": slot.name,
+                "error": slot.last_error,
+                "pending": len(slot.pending),
+                "retry_in": round(delay, 3),
+                "attempt": slot.attempt,
+            },
+        )
+        self.changed.notify()
+        deadline = self.clock() + delay
+        while not self._closing and (left := deadline - self.clock()) > 0:
+            await slot.wait(left)
+
+
+def min_id(epochs: Epochs, positions: Sequence[Pos | None]) -> str:
+    """The id every sink has applied through, or "" when some sink has none yet."""
+    lowest: Pos | None = None
+    for pos in positions:
+        if pos is None:
+            return ""
+        if lowest is None or epochs.covers(lowest, pos):
+            lowest = pos
+    return lowest.id if lowest else ""

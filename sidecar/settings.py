@@ -1,0 +1,376 @@
+"""The sidecar's settings: one frozen object, from flags, environment and a TOML file.
+
+Precedence: command-line flag, then CACHEWIRE_SIDECAR_* variable, then the config file
+(`--config sidecar.toml`), then the default. `OPTIONS` is the single table from which the
+flags, the variable names, the config keys and the docs' settings table come. Rules
+(`[[rules]]`) exist only in the config file. A bad value raises ConfigError naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NoReturn
+from urllib.parse import urlsplit
+
+from sidecar.errors import ConfigError
+from sidecar.rules import Rule, parse_rules
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+PrefixPolicy = Literal["flush", "ignore"]
+ENV_PREFIX = "CACHEWIRE_SIDECAR_"
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarSettings:
+    hub: str = "127.0.0.1:50051"
+    topics: tuple[str, ...] = ()
+    config: str = ""
+    memcached: str = ""
+    memcached_flush: bool = True
+    memcached_prefixes: PrefixPolicy = "flush"
+    redis_url: str = ""
+    redis_flush: bool = True
+    webhook: str = ""
+    webhook_flush: bool = True
+    webhook_timeout: float = 5.0
+    relay_port: int | None = None
+    relay_history: int = 10_000
+    health_host: str = "127.0.0.1"
+    health_port: int = 8091
+    max_staleness: float = 5.0
+    batch_delay: float = 2.0  # milliseconds
+    batch_size: int = 500
+    max_pending: int = 100_000
+    backoff_base: float = 0.1
+    backoff_cap: float = 5.0
+    grace: float = 5.0
+    log_level: LogLevel = "info"
+    rules: tuple[Rule, ...] = ()
+
+    def sink_names(self) -> list[str]:
+        names = [
+            n
+            for n, on in (
+                ("memcached", self.memcached),
+                ("redis", self.redis_url),
+                ("webhook", self.webhook),
+            )
+            if on
+        ]
+        return [*names, "relay"] if self.relay_port is not None else names
+
+
+@dataclass(frozen=True)
+class Option:
+    field: str
+    flag: str
+    help: str
+    convert: Callable[[str], Any] = str
+    boolean: bool = False
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.field.upper()
+
+    @property
+    def key(self) -> str:
+        """The config-file key: the flag without dashes (`redis-url`; `redis_url` also works)."""
+        return self.flag.removeprefix("--")
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError("a port is 0..65535")
+    return port
+
+
+def _optional_port(text: str) -> int | None:
+    return None if text.lower() in ("off", "none", "") else _port(text)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text.removesuffix("s"))
+    if not 0 < value < 86_400:
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text.removesuffix("s"))
+    if not 0 <= value < 86_400:
+        raise ValueError("must be a number of seconds, 0 or more")
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    value = float(text.removesuffix("ms"))
+    if not 0 <= value <= 1000:
+        raise ValueError("must be 0..1000 milliseconds")
+    return value
+
+
+def _bool(text: str) -> bool:
+    value = text.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        value = text.lower()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return convert
+
+
+def _hostport(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError("must be HOST:PORT")
+    return text
+
+
+def _optional_hostport(text: str) -> str:
+    return _hostport(text) if text else ""
+
+
+def _topics(text: str) -> tuple[str, ...]:
+    topics = tuple(p.strip() for p in text.split(",") if p.strip())
+    for topic in topics:
+        if "" in topic.split(":") or any(ord(c) < 32 for c in topic):
+            raise ValueError(f"topic {topic!r} is not a `:`-separated name")
+    return topics
+
+
+def _redis_url(text: str) -> str:
+    if text and not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    return text
+
+
+def _http_url(text: str) -> str:
+    if text:
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http:// or https:// URL")
+    return text
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("hub", "--hub", "the hub's gRPC address, HOST:PORT", _hostport),
+    Option("topics", "--topics", "comma list of topics to subscribe to (required)", _topics),
+    Option("config", "--config", "TOML file with settings and [[rules]]"),
+    Option("memcached", "--memcached", "memcached to guard, HOST:PORT", _optional_hostport),
+    Option(
+        "memcached_flush",
+        "--memcached-flush",
+        "flush_all memcached on a gap or a flush event",
+        _bool,
+        True,
+    ),
+    Option(
+        "memcached_prefixes",
+        "--memcached-prefixes",
+        "what a prefix invalidation does to memcached: flush or ignore",
+        _choice("flush", "ignore"),
+    ),
+    Option("redis_url", "--redis-url", "Redis to guard (redis://, rediss://, unix://)", _redis_url),
+    Option("redis_flush", "--redis-flush", "FLUSHDB on a gap or a flush event", _bool, True),
+    Option("webhook", "--webhook", "URL to POST each batch to as JSON", _http_url),
+    Option(
+        "webhook_flush", "--webhook-flush", "POST a flush on a gap or a flush event", _bool, True
+    ),
+    Option("webhook_timeout", "--webhook-timeout", "seconds one webhook POST may take", _seconds),
+    Option(
+        "relay_port",
+        "--relay-port",
+        "local relay port for the pod's app processes, on 127.0.0.1 (off: none)",
+        _optional_port,
+    ),
+    Option(
+        "relay_history", "--relay-history", "events the local relay keeps for resume", _positive_int
+    ),
+    Option("health_host", "--health-host", "address of the health, metrics and status port"),
+    Option("health_port", "--health-port", "port of /healthz, /readyz, /metrics, /v1/*", _port),
+    Option(
+        "max_staleness",
+        "--max-staleness",
+        "seconds without an event or heartbeat before the caches are flushed",
+        _seconds,
+    ),
+    Option(
+        "batch_delay",
+        "--batch-delay",
+        "milliseconds a batch may wait for more events after its first",
+        _milliseconds,
+    ),
+    Option(
+        "batch_size", "--batch-size", "most invalidations applied in one round trip", _positive_int
+    ),
+    Option(
+        "max_pending",
+        "--max-pending",
+        "invalidations kept per failing sink; past it the sink is flushed when back",
+        _positive_int,
+    ),
+    Option(
+        "backoff_base", "--backoff-base", "first retry delay, seconds (reconnect, sinks)", _seconds
+    ),
+    Option("backoff_cap", "--backoff-cap", "longest retry delay, seconds", _seconds),
+    Option("grace", "--grace", "seconds to finish pending batches on SIGTERM", _non_negative),
+    Option(
+        "log_level",
+        "--log-level",
+        "debug, info, warning or error",
+        _choice("debug", "info", "warning", "error"),
+    ),
+)
+_BY_KEY = {o.key: o for o in OPTIONS} | {o.field: o for o in OPTIONS}
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad flags raise ConfigError (one line), instead of usage text and exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def build_parser(prog: str = "cachewire-sidecar") -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=prog,
+        description=("cachewire sidecar: applies the hub's invalidations to the caches of its pod"),
+    )
+    for opt in OPTIONS:
+        help_text = f"{opt.help} [env: {opt.env}]"
+        if opt.boolean:
+            parser.add_argument(
+                opt.flag,
+                dest=opt.field,
+                default=None,
+                help=help_text,
+                action=argparse.BooleanOptionalAction,
+            )
+        else:
+            parser.add_argument(
+                opt.flag, dest=opt.field, default=None, metavar="VALUE", help=help_text
+            )
+    return parser
+
+
+def _from_toml(value: Any, opt: Option) -> str:
+    """A TOML value → the text a flag would carry (lists for topics, booleans, numbers)."""
+    if isinstance(value, bool):
+        if not opt.boolean:
+            raise ValueError("must not be a boolean")
+        return "true" if value else "false"
+    if isinstance(value, list) and opt.field == "topics":
+        if not all(isinstance(v, str) and "," not in v for v in value):
+            raise ValueError("must be a list of topic strings")
+        return ",".join(value)
+    if isinstance(value, str | int | float) and not (isinstance(value, str) and opt.boolean):
+        return str(value)
+    raise ValueError(f"has an unexpected type ({type(value).__name__})")
+
+
+def load_config(path: str) -> tuple[dict[str, tuple[str, str]], tuple[Rule, ...]]:
+    """The config file → ({field: (source, text)}, rules)."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {path}: not valid TOML: {exc}") from None
+    values: dict[str, tuple[str, str]] = {}
+    rules: tuple[Rule, ...] = ()
+    for key, value in data.items():
+        if key == "rules":
+            try:
+                rules = parse_rules(value)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
+            continue
+        opt = _BY_KEY.get(key)
+        if opt is None or opt.field == "config":
+            raise ConfigError(f"{path}: unknown key {key!r}")
+        try:
+            values[opt.field] = (f"{path}: {key}", _from_toml(value, opt))
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {key} {exc}") from None
+    return values, rules
+
+
+def parse(argv: Sequence[str], env: Mapping[str, str] | None = None) -> SidecarSettings:
+    """Flags, environment and config file → settings; ConfigError names the bad one."""
+    env = os.environ if env is None else env
+    args = vars(build_parser().parse_args(list(argv)))
+    raw: dict[str, tuple[str, Any]] = {}
+    for opt in OPTIONS:
+        if args.get(opt.field) is not None:
+            value = args[opt.field]
+            raw[opt.field] = (opt.flag, value if isinstance(value, bool) else str(value))
+        elif opt.env in env:
+            raw[opt.field] = (opt.env, env[opt.env])
+    rules: tuple[Rule, ...] = ()
+    if "config" in raw and raw["config"][1]:
+        from_file, rules = load_config(raw["config"][1])
+        raw = {**from_file, **raw}
+    values: dict[str, Any] = {"rules": rules}
+    for opt in OPTIONS:
+        if opt.field not in raw:
+            continue
+        source, value = raw[opt.field]
+        try:
+            values[opt.field] = value if isinstance(value, bool) else opt.convert(value.strip())
+        except ValueError as exc:
+            raise ConfigError(f"{source}={value!r}: {exc}") from None
+    settings = SidecarSettings(**values)
+    check(settings)
+    return settings
+
+
+def check(s: SidecarSettings) -> None:
+    """Rules that involve several settings."""
+    if not s.topics:
+        raise ConfigError("--topics is required (e.g. --topics user,product)")
+    if not s.sink_names():
+        raise ConfigError(
+            "no cache to guard: give --memcached, --redis-url, --webhook or --relay-port"
+        )
+    if s.backoff_base > s.backoff_cap:
+        raise ConfigError(
+            f"--backoff-base ({s.backoff_base}) is larger than --backoff-cap ({s.backoff_cap})"
+        )
+
+
+def settings_table() -> str:
+    """The docs' settings table, generated from OPTIONS."""
+    defaults = {f.name: f.default for f in dataclasses.fields(SidecarSettings)}
+    rows = [
+        "| flag | environment | config key | default | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for opt in OPTIONS:
+        default = defaults[opt.field]
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        flag = f"--[no-]{opt.key}" if opt.boolean else opt.flag
+        rows.append(f"| `{flag}` | `{opt.env}` | `{opt.key}` | `{shown}` | {opt.help} |")
+    return "\n".join(rows)

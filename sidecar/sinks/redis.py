@@ -1,0 +1,83 @@
+"""Redis: UNLINK for keys (pipelined), SCAN + UNLINK for prefixes, FLUSHDB for a flush.
+
+UNLINK frees values in the background, so a large batch does not stall Redis. Deleting
+real keys also makes Redis send its own client-side-caching invalidations to redis-py
+clients that track those keys. redis-py retries a command once on a fresh connection
+(after a Redis restart the pooled one is dead); longer outages are the applier's retries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from sidecar.sinks.base import Invalidation, SinkError
+
+CHUNK = 500  # keys per UNLINK
+SCAN_COUNT = 1000
+_GLOB = str.maketrans({c: "\\" + c for c in "*?[]\\"})
+
+
+def match_pattern(prefix: str) -> str:
+    """A SCAN MATCH pattern for keys starting with `prefix` (glob characters escaped)."""
+    return prefix.translate(_GLOB) + "*"
+
+
+class RedisSink:
+    name = "redis"
+
+    def __init__(self, url: str, *, flush_enabled: bool = True, timeout: float = 5.0) -> None:
+        self.url = url
+        self.flush_enabled = flush_enabled
+        self._redis = aioredis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 1)
+        )
+
+    async def start(self) -> None:
+        pass  # connects on first use; a Redis that is down now is retried later
+
+    async def apply(self, batch: Sequence[Invalidation]) -> None:
+        keys = list(dict.fromkeys(k for inv in batch for k in inv.keys))
+        prefixes = list(dict.fromkeys(p for inv in batch for p in inv.prefixes))
+        try:
+            if keys:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for i in range(0, len(keys), CHUNK):
+                        pipe.unlink(*keys[i : i + CHUNK])
+                    await pipe.execute()
+            for prefix in prefixes:
+                async for chunk in self._scan(prefix):
+                    await self._redis.unlink(*chunk)
+        except (RedisError, OSError) as exc:
+            raise SinkError(f"redis: {type(exc).__name__}: {exc}") from exc
+
+    async def _scan(self, prefix: str) -> AsyncIterator[list[bytes]]:
+        chunk: list[bytes] = []
+        async for key in self._redis.scan_iter(match=match_pattern(prefix), count=SCAN_COUNT):
+            chunk.append(key)
+            if len(chunk) >= CHUNK:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    async def flush(self, reason: str) -> None:
+        try:
+            ok = await self._redis.flushdb(asynchronous=True)
+        except (RedisError, OSError) as exc:
+            raise SinkError(f"redis FLUSHDB: {type(exc).__name__}: {exc}") from exc
+        if not ok:
+            raise SinkError("redis FLUSHDB was not confirmed")
+
+    async def check(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()
