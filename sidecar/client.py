@@ -1,0 +1,543 @@
+"""App-side library: keep an in-process cachetools cache invalidated by cachewire.
+
+An `Invalidator` subscribes to the pod's sidecar relay (or to the hub directly: same
+`cachewire.v1.Hub/Subscribe` protocol) and applies every invalidation to a cache under the
+cache's lock, from a background thread (sync apps) or an asyncio task (async apps)::
+
+    cache = cachetools.TTLCache(maxsize=10_000, ttl=3600)
+    inv = Invalidator("127.0.0.1:7070", topics=["user"], cache=cache).start()  # a thread
+
+    @inv.cached(key=lambda user_id: f"user:{user_id}")
+    def load_user(user_id: int) -> dict[str, str]: ...
+
+    # asyncio: `async with Invalidator(...) as inv:` runs it as a task of the running loop.
+
+When its stream drops, resets, or stays silent longer than `max_staleness`, the cache is
+cleared and `cached` stops storing until the stream is back; it then resumes after the
+last id it applied, with capped exponential backoff.
+
+`cachetools.cached()` calls the function outside the lock and stores its result after: an
+invalidation that arrives meanwhile is overwritten by the value computed before it.
+`CacheGuard.cached` closes that race with a generation counter: a load remembers the
+generation it started at, and its result is stored only if no invalidation (of its key, a
+matching prefix, or everything) happened since, checked under the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Hashable, Iterable, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ParamSpec, Protocol, TypeVar, cast
+
+import grpc
+from cachewire.v1 import hub_pb2, hub_pb2_grpc
+
+from sidecar._backoff import next_delay
+
+log = logging.getLogger("cachewire.client")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+_MISSING: Any = object()
+MAX_TOPIC_BYTES = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CHANNEL_OPTIONS = (("grpc.max_receive_message_length", 64 << 20),)
+
+
+# --- topics (Plasma's rule: topic "a" receives "a", "a:b", "a:b:c") ---
+
+
+def parse_topics(raw: Iterable[str]) -> frozenset[str]:
+    """Validate topics as the hub does; raise ValueError naming the first bad one."""
+    topics = frozenset(raw)
+    if not topics:
+        raise ValueError("at least one topic is required")
+    for topic in topics:
+        if not isinstance(topic, str) or not topic:
+            raise ValueError(f"topic {topic!r} must be a non-empty string")
+        if len(topic.encode()) > MAX_TOPIC_BYTES or _CONTROL.search(topic):
+            raise ValueError(f"topic {topic!r} is too long or contains a control character")
+        if "" in topic.split(":"):
+            raise ValueError(f"topic {topic!r} has an empty segment")
+    return topics
+
+
+def matches(topics: frozenset[str], event_type: str) -> bool:
+    """Whether an event of this type reaches a subscriber of these topics."""
+    parts = event_type.split(":")
+    return any(":".join(parts[:i]) in topics for i in range(1, len(parts) + 1))
+
+
+# --- the pure core: applying events to a cache, and race-safe fills ---
+
+
+class EventLike(Protocol):
+    """What `CacheGuard.apply` needs of an event (a hub_pb2.Event, or a test double)."""
+
+    @property
+    def keys(self) -> Sequence[str]: ...
+    @property
+    def prefixes(self) -> Sequence[str]: ...
+    @property
+    def flush(self) -> bool: ...
+
+
+def _identity(key: str) -> Hashable:
+    return key
+
+
+class CacheGuard:
+    """A cache, its lock, and the generations that keep fills from outliving invalidations.
+
+    No I/O: the Invalidator feeds it events; unit tests feed it directly. Keys of the events
+    map to cache keys through `key_fn` (identity by default); prefixes match the cache keys
+    that are strings.
+    """
+
+    def __init__(
+        self,
+        cache: MutableMapping[Any, Any],
+        lock: Any = None,
+        key_fn: Callable[[str], Hashable] | None = None,
+        *,
+        max_tracked: int = 100_000,
+    ) -> None:
+        self.cache = cache
+        self.lock: Any = lock if lock is not None else threading.RLock()
+        self.key_fn = key_fn or _identity
+        self.storing = True  # False while invalidations may be missed: fills are not stored
+        self.cleared = 0  # times the cache was cleared
+        self.removed = 0  # entries removed by invalidations
+        self.discarded = 0  # fills not stored because an invalidation raced them
+        self._max_tracked = max_tracked
+        self._gen = 0  # bumped by every invalidation
+        self._floor = 0  # loads that started before this generation may not store
+        self._keys: dict[Hashable, int] = {}  # key → generation of its last invalidation
+        self._prefixes: dict[str, int] = {}
+        self._loads: Counter[int] = Counter()  # generations at which in-flight loads started
+
+    def apply(self, events: Iterable[EventLike]) -> int:
+        """Apply a batch under the lock; return how many entries were removed."""
+        with self.lock:
+            return sum(self.apply_event(event) for event in events)
+
+    def apply_event(self, event: EventLike) -> int:
+        """The one place an event reaches the cache (the caller holds the lock)."""
+        if event.flush:
+            removed = len(self.cache)
+            self._clear_locked()
+            return removed
+        self._gen += 1
+        tracking = bool(self._loads)  # loads that start later read the new generation
+        removed = 0
+        for raw in event.keys:
+            key = self.key_fn(raw)
+            if tracking:
+                self._keys[key] = self._gen
+            if self.cache.pop(key, _MISSING) is not _MISSING:
+                removed += 1
+        if event.prefixes:
+            prefixes = tuple(event.prefixes)
+            if tracking:
+                self._prefixes.update(dict.fromkeys(prefixes, self._gen))
+            for key in [k for k in self.cache if isinstance(k, str) and k.startswith(prefixes)]:
+                if self.cache.pop(key, _MISSING) is not _MISSING:
+                    removed += 1
+        if len(self._keys) + len(self._prefixes) > self._max_tracked:
+            self._floor = self._gen  # too much to track: no load in flight may store
+            self._keys.clear()
+            self._prefixes.clear()
+        self.removed += removed
+        return removed
+
+    def clear(self) -> None:
+        """Empty the cache; loads in flight will not store what they computed."""
+        with self.lock:
+            self._clear_locked()
+
+    def _clear_locked(self) -> None:
+        self._gen += 1
+        self._floor = self._gen
+        self._keys.clear()
+        self._prefixes.clear()
+        self.cache.clear()
+        self.cleared += 1
+
+    # --- race-safe fills ---
+
+    def _begin(self, key: Hashable) -> tuple[bool, Any, int]:
+        """A hit (True, value, 0), or a miss (False, None, token) that starts a load."""
+        with self.lock:
+            value = self.cache.get(key, _MISSING)
+            if value is not _MISSING:
+                return True, value, 0
+            self._loads[self._gen] += 1
+            return False, None, self._gen
+
+    def _finish(self, token: int, key: Hashable, value: Any, store: bool) -> None:
+        with self.lock:
+            self._loads[token] -= 1
+            if self._loads[token] <= 0:
+                del self._loads[token]
+            if store:
+                if self.storing and self._fresh(token, key):
+                    with contextlib.suppress(ValueError):  # too large for the cache
+                        self.cache[key] = value
+                else:
+                    self.discarded += 1
+            if not self._loads:
+                self._keys.clear()
+                self._prefixes.clear()
+
+    def _fresh(self, token: int, key: Hashable) -> bool:
+        """No invalidation of this key happened since the load started (lock held)."""
+        if token < self._floor or self._keys.get(key, -1) > token:
+            return False
+        if self._prefixes and isinstance(key, str):
+            return not any(g > token and key.startswith(p) for p, g in self._prefixes.items())
+        return True
+
+    def get_or_load(self, key: Hashable, loader: Callable[[], R]) -> R:
+        """The cached value, or `loader()`, stored only if not invalidated meanwhile."""
+        hit, value, token = self._begin(key)
+        if hit:
+            return cast(R, value)
+        try:
+            loaded = loader()
+        except BaseException:
+            self._finish(token, key, None, store=False)
+            raise
+        self._finish(token, key, loaded, store=True)
+        return loaded
+
+    async def get_or_load_async(self, key: Hashable, loader: Callable[[], Awaitable[R]]) -> R:
+        """`get_or_load` for a coroutine loader."""
+        hit, value, token = self._begin(key)
+        if hit:
+            return cast(R, value)
+        try:
+            loaded = await loader()
+        except BaseException:
+            self._finish(token, key, None, store=False)
+            raise
+        self._finish(token, key, loaded, store=True)
+        return loaded
+
+    def cached(self, *, key: Callable[P, Hashable]) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Decorator like cachetools.cached (for def and async def), without its race."""
+
+        def decorate(func: Callable[P, R]) -> Callable[P, R]:
+            if inspect.iscoroutinefunction(func):
+
+                async def awrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                    return await self.get_or_load_async(
+                        key(*args, **kwargs), lambda: func(*args, **kwargs)
+                    )
+
+                return cast(Callable[P, R], functools.wraps(func)(awrapper))
+
+            def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+                return self.get_or_load(key(*args, **kwargs), lambda: func(*args, **kwargs))
+
+            return functools.wraps(func)(wrapper)
+
+        return decorate
+
+
+# --- waiting points, for sync and async callers alike ---
+
+
+class _Signal:
+    """A state change that threads (Condition) and event loops (futures) can wait on."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+            futures, self._futures = self._futures, []
+        for loop, future in futures:
+            with contextlib.suppress(RuntimeError):  # that loop is closed
+                loop.call_soon_threadsafe(_resolve, future)
+
+    def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(predicate, timeout)
+
+    async def wait_async(self, predicate: Callable[[], bool]) -> None:
+        """Wait until the predicate holds; bound it with `asyncio.timeout`."""
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._cond:
+                if predicate():
+                    return
+                future = loop.create_future()
+                self._futures.append((loop, future))
+            await future
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+# --- the subscriber ---
+
+
+@dataclass
+class ClientStats:
+    connects: int = 0  # streams that delivered their first message
+    drops: int = 0  # streams that ended, failed or went silent
+    resets: int = 0  # Reset messages received
+    applied: int = 0  # events applied
+
+
+class Invalidator:
+    """Subscribes to `target` and keeps `cache` invalidated; see the module docstring."""
+
+    def __init__(
+        self,
+        target: str,
+        topics: Iterable[str],
+        cache: MutableMapping[Any, Any],
+        lock: Any = None,
+        key_fn: Callable[[str], Hashable] | None = None,
+        *,
+        max_staleness: float = 5.0,
+        backoff_base: float = 0.1,
+        backoff_cap: float = 5.0,
+    ) -> None:
+        if not target:
+            raise ValueError("target must be HOST:PORT of the sidecar relay or the hub")
+        if max_staleness <= 0:
+            raise ValueError("max_staleness must be positive")
+        self.target = target
+        self.topics = parse_topics(topics)
+        self.guard = CacheGuard(cache, lock, key_fn)
+        self.guard.storing = False  # until the stream is up
+        self.max_staleness = max_staleness
+        self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
+        self.position = ""  # the id to resume after
+        self.connected = False
+        self.stats = ClientStats()
+        self._seen: dict[str, None] = {}  # recent applied ids, for wait_applied
+        self._signal = _Signal()
+        self._cleared_at = -float("inf")
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def cache(self) -> MutableMapping[Any, Any]:
+        return self.guard.cache
+
+    @property
+    def lock(self) -> Any:
+        """The lock that guards the cache: hold it when touching the cache directly."""
+        return self.guard.lock
+
+    def cached(self, *, key: Callable[P, Hashable]) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Race-safe caching decorator on this cache; see CacheGuard.cached."""
+        return self.guard.cached(key=key)
+
+    # --- the stream loop (runs in the thread's own loop, or as a task) ---
+
+    async def run(self) -> None:
+        """Keep the cache invalidated until cancelled; never raises otherwise."""
+        attempt = 0
+        try:
+            while True:
+                reason = await self._stream_once()
+                if self.connected:
+                    attempt = 0
+                self._dropped(reason)
+                await asyncio.sleep(next_delay(attempt, self.backoff_base, self.backoff_cap))
+                attempt += 1
+        finally:
+            self.connected = False
+            self.guard.storing = False
+            self.guard.clear()  # nobody invalidates this cache any more
+            self._signal.notify()
+
+    async def _stream_once(self) -> str:
+        """Subscribe, apply until the stream ends; return why it ended."""
+        request = hub_pb2.SubscribeRequest(topics=sorted(self.topics), resume_from=self.position)
+        loop = asyncio.get_running_loop()
+        try:
+            async with grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS) as ch:
+                stub = hub_pb2_grpc.HubStub(ch)  # type: ignore[no-untyped-call]
+                call = stub.Subscribe(request)
+                async with asyncio.timeout(self.max_staleness) as deadline:
+                    async for message in call:
+                        deadline.reschedule(loop.time() + self.max_staleness)
+                        self._on_message(message)
+            return "the stream ended"
+        except TimeoutError:
+            return f"no message for {self.max_staleness}s"
+        except grpc.aio.AioRpcError as exc:
+            return f"{exc.code().name}: {exc.details()}"
+        except Exception as exc:  # never let the app's background worker die
+            log.exception("cachewire subscriber error", extra={"target": self.target})
+            return f"error: {exc!r}"
+
+    def _on_message(self, message: hub_pb2.SubscribeResponse) -> None:
+        kind = message.WhichOneof("message")
+        if kind == "events":
+            events = message.events.events
+            self.guard.apply(events)
+            self.stats.applied += len(events)
+            for event in events:
+                self._remember(event.id)
+            if events:
+                self.position = events[-1].id
+        elif kind == "heartbeat":
+            hw = message.heartbeat.high_water_id
+            if not self.position:  # a fresh stream: everything up to hw was delivered
+                self.position = hw
+            self._remember(hw)
+        elif kind == "reset":
+            reset = message.reset
+            self.guard.clear()
+            self.stats.resets += 1
+            log.warning(
+                "cachewire reset: cache cleared",
+                extra={
+                    "target": self.target,
+                    "reason": hub_pb2.ResetReason.Name(reset.reason),
+                    "detail": reset.detail,
+                },
+            )
+            if reset.reason != hub_pb2.RESET_REASON_SLOW_CONSUMER and reset.resume_from:
+                self.position = reset.resume_from
+        if not self.connected:
+            self.connected = True
+            self.guard.storing = True
+            self.stats.connects += 1
+            log.info(
+                "cachewire stream up", extra={"target": self.target, "resume_from": self.position}
+            )
+        self._signal.notify()
+
+    def _remember(self, event_id: str) -> None:
+        if event_id:
+            self._seen[event_id] = None
+            if len(self._seen) > 10_000:
+                del self._seen[next(iter(self._seen))]
+
+    def _dropped(self, reason: str) -> None:
+        """Invalidations may be missed from now on: clear, and stop storing fills."""
+        was_connected, self.connected = self.connected, False
+        self.stats.drops += 1
+        self.guard.storing = False
+        now = time.monotonic()
+        clear = was_connected or now - self._cleared_at >= self.max_staleness
+        if clear:
+            self.guard.clear()
+            self._cleared_at = now
+        (log.warning if was_connected else log.info)(
+            "cachewire stream down, reconnecting",
+            extra={
+                "target": self.target,
+                "reason": reason,
+                "resume_from": self.position,
+                "cache_cleared": clear,
+            },
+        )
+        self._signal.notify()
+
+    # --- thread mode (sync apps) ---
+
+    def start(self) -> Invalidator:
+        """Run in a background daemon thread with its own event loop and gRPC channel."""
+        if self._thread is not None or self._task is not None:
+            raise RuntimeError("this Invalidator is already started")
+        ready = threading.Event()
+
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._task = asyncio.current_task()
+            ready.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.run()
+
+        self._thread = threading.Thread(
+            target=asyncio.run,
+            args=(main(),),
+            daemon=True,
+            name=f"cachewire-invalidator-{self.target}",
+        )
+        self._thread.start()
+        ready.wait()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread; the cache is cleared (nothing invalidates it any more)."""
+        if self._thread is None or self._loop is None or self._task is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop already ended
+            self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(timeout)
+
+    def __enter__(self) -> Invalidator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- task mode (asyncio apps) ---
+
+    def start_task(self) -> asyncio.Task[None]:
+        """Run as a task of the running event loop."""
+        if self._thread is not None or self._task is not None:
+            raise RuntimeError("this Invalidator is already started")
+        self._task = asyncio.get_running_loop().create_task(
+            self.run(), name=f"cachewire-invalidator-{self.target}"
+        )
+        return self._task
+
+    async def aclose(self) -> None:
+        if self._task is not None and self._thread is None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def __aenter__(self) -> Invalidator:
+        self.start_task()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # --- waiting points: the sync ones block (call them from threads); the async ones
+    # --- wait on the caller's loop and are bounded with `asyncio.timeout`.
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+        return self._signal.wait(predicate, timeout)
+
+    async def wait_until_async(self, predicate: Callable[[], bool]) -> None:
+        await self._signal.wait_async(predicate)
+
+    def wait_connected(self, timeout: float = 10.0) -> bool:
+        return self.wait_until(lambda: self.connected, timeout)
+
+    async def wait_connected_async(self) -> None:
+        await self.wait_until_async(lambda: self.connected)
+
+    def wait_applied(self, event_id: str, timeout: float = 10.0) -> bool:
+        """True once the event with this id (of our topics) has been applied to the cache,
+        or the stream reported it as its high-water mark."""
+        return self.wait_until(lambda: event_id in self._seen, timeout)
+
+    async def wait_applied_async(self, event_id: str) -> None:
+        await self.wait_until_async(lambda: event_id in self._seen)
