@@ -137,10 +137,10 @@ def configure(service_name: str, env: Mapping[str, str] | None = None) -> Tracer
         return _provider
     _configured = True
     env = os.environ if env is None else env
-    if not wanted(env):
-        log.info("tracing off: neither OTEL_TRACES_EXPORTER nor an OTLP endpoint is set")
-        return None
     try:
+        if not wanted(env):
+            log.info("tracing off: neither OTEL_TRACES_EXPORTER nor an OTLP endpoint is set")
+            return None
         provider = build_provider(service_name, env)
     except (ValueError, ImportError) as exc:
         log.error("tracing off: %s", exc)

@@ -19,10 +19,12 @@ import pytest
 from cachewire import telemetry as ct
 from cachewire.v1 import hub_pb2, hub_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from hub import telemetry
+from hub.brokers.memory import MemoryBroker
 from hub.errors import Unavailable
 from hub.events import Draft, Event
 from hub.logs import JsonFormatter
@@ -238,3 +240,26 @@ async def _check_grpc_delivery(hub: Hub, spans: InMemorySpanExporter) -> None:
         sc = ct.span_context(event.traceparent, event.tracestate)
         assert sc is not None and sc.trace_id == int(TRACE, 16)
         assert sc.span_id == span.context.span_id
+
+
+async def test_the_sampler_from_the_environment_is_honoured_and_context_still_flows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OTEL_TRACES_SAMPLER=always_off: nothing is recorded, yet the event carries a context."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    provider = ct.build_provider("cachewire-hub", {"OTEL_TRACES_EXPORTER": "none"})
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    ct.install(provider)
+    try:
+        broker = MemoryBroker()
+        (event,) = await telemetry.publish(
+            broker, [Draft("user:1", traceparent=HEADERS["traceparent"])]
+        )
+    finally:
+        ct.install(None)
+        provider.shutdown()
+    assert exporter.get_finished_spans() == ()
+    sc = ct.span_context(event.traceparent)
+    assert sc is not None and sc.trace_id == int(TRACE, 16) and not sc.trace_flags.sampled
+    assert sc.span_id != int(SPAN, 16)
