@@ -57,8 +57,16 @@ class Event:
     @classmethod
     def from_draft(cls, draft: Draft, id: str, pos: Position) -> Event:
         return cls(
-            id, pos, draft.type, draft.data_json, draft.keys, draft.prefixes, draft.flush,
-            draft.traceparent, draft.tracestate, draft.published_at,
+            id,
+            pos,
+            draft.type,
+            draft.data_json,
+            draft.keys,
+            draft.prefixes,
+            draft.flush,
+            draft.traceparent,
+            draft.tracestate,
+            draft.published_at,
         )
 
     def plasma_json(self) -> str:
@@ -106,7 +114,7 @@ def _encodable(text: str, what: str) -> None:
 
 
 def type_prefixes(event_type: str) -> Iterator[str]:
-    """"a:b:c" → "a", "a:b", "a:b:c": the topics that receive an event of this type."""
+    """ "a:b:c" → "a", "a:b", "a:b:c": the topics that receive an event of this type."""
     start = 0
     while True:
         i = event_type.find(":", start)
@@ -181,8 +189,9 @@ def make_draft(
     return Draft(type, data_json, keys_t, prefixes_t, flush, traceparent, tracestate[:512])
 
 
-def drafts_from_json(body: Any, *, max_keys: int, traceparent: str = "",
-                     tracestate: str = "") -> list[Draft]:
+def drafts_from_json(
+    body: Any, *, max_keys: int, traceparent: str = "", tracestate: str = ""
+) -> list[Draft]:
     """An HTTP publish body (one object or an array of them) → drafts, or InvalidInput."""
     items = body if isinstance(body, list) else [body]
     if not items:
@@ -202,11 +211,18 @@ def drafts_from_json(body: Any, *, max_keys: int, traceparent: str = "",
                 data_json = _dumps(item.get("data"))
             except RecursionError:
                 raise InvalidInput("data is nested too deeply") from None
-            drafts.append(make_draft(
-                type=item["type"], data_json=data_json, keys=item.get("keys"),
-                prefixes=item.get("prefixes"), flush=item.get("flush", False),
-                traceparent=traceparent, tracestate=tracestate, max_keys=max_keys,
-            ))
+            drafts.append(
+                make_draft(
+                    type=item["type"],
+                    data_json=data_json,
+                    keys=item.get("keys"),
+                    prefixes=item.get("prefixes"),
+                    flush=item.get("flush", False),
+                    traceparent=traceparent,
+                    tracestate=tracestate,
+                    max_keys=max_keys,
+                )
+            )
         except InvalidInput as exc:
             raise type(exc)(where + str(exc)) from None
     return drafts

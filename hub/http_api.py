@@ -27,9 +27,16 @@ def error_response(status: int, message: str) -> web.Response:
 
 def _rejected(request: web.Request, status: int, message: str) -> web.Response:
     """A 4xx/5xx the client caused or must retry: one log line, a JSON body."""
-    log.info("request rejected", extra={
-        "method": request.method, "path": request.path, "status": status, "error": message,
-        "peer": request.remote})
+    log.info(
+        "request rejected",
+        extra={
+            "method": request.method,
+            "path": request.path,
+            "status": status,
+            "error": message,
+            "peer": request.remote,
+        },
+    )
     return error_response(status, message)
 
 
@@ -61,9 +68,11 @@ async def publish(request: web.Request) -> web.Response:
         raise TooLarge(f"request body is larger than the limit of {settings.max_body} bytes")
     body = parse_json(await request.read())
     drafts = drafts_from_json(
-        body, max_keys=settings.max_keys,
+        body,
+        max_keys=settings.max_keys,
         traceparent=request.headers.get("traceparent", ""),
-        tracestate=request.headers.get("tracestate", ""))
+        tracestate=request.headers.get("tracestate", ""),
+    )
     events = await telemetry.publish(broker, drafts)
     return web.json_response({"ids": [e.id for e in events]})
 
@@ -100,8 +109,13 @@ async def plasma_metrics(request: web.Request) -> web.Response:
     fanout = request.app[sse.HUB].fanout
     sse_count = fanout.count("sse")
     grpc_count = fanout.count("grpc_plasma") + fanout.count("grpc")
-    return web.json_response({"connections": sse_count + grpc_count,
-                              "connections_sse": sse_count, "connections_grpc": grpc_count})
+    return web.json_response(
+        {
+            "connections": sse_count + grpc_count,
+            "connections_sse": sse_count,
+            "connections_grpc": grpc_count,
+        }
+    )
 
 
 async def any_path(request: web.Request) -> web.StreamResponse:

@@ -73,8 +73,14 @@ class Flusher:
 class SseSink:
     kind = "sse"
 
-    def __init__(self, response: web.StreamResponse, request: web.Request, chunked: bool,
-                 flusher: Flusher, queue_size: int) -> None:
+    def __init__(
+        self,
+        response: web.StreamResponse,
+        request: web.Request,
+        chunked: bool,
+        flusher: Flusher,
+        queue_size: int,
+    ) -> None:
         assert request.transport is not None
         self._transport = request.transport
         self._chunked = chunked
@@ -102,8 +108,9 @@ class SseSink:
             # the last event it really received and a reconnect replays from there.
             self._pending.clear()
             self._events_pending = 0
-        self._pending.append(reset_frame(reason, detail, None if reason == "slow_consumer"
-                                         else resume_from))
+        self._pending.append(
+            reset_frame(reason, detail, None if reason == "slow_consumer" else resume_from)
+        )
         self._flusher.mark(self)
 
     def heartbeat(self, head_id: str) -> None:
@@ -139,8 +146,13 @@ class SseSink:
 
 
 def reset_frame(reason: str, detail: str, resume_from: str | None) -> bytes:
-    body = json.dumps({"meta": {"type": RESET_TYPE, "reason": reason},
-                       "data": {"reason": reason, "detail": detail}}, separators=(",", ":"))
+    body = json.dumps(
+        {
+            "meta": {"type": RESET_TYPE, "reason": reason},
+            "data": {"reason": reason, "detail": detail},
+        },
+        separators=(",", ":"),
+    )
     id_line = f"id: {resume_from}\n" if resume_from else ""
     return f"{id_line}data: {body}\n\n".encode()
 
@@ -148,8 +160,9 @@ def reset_frame(reason: str, detail: str, resume_from: str | None) -> bytes:
 def topics_from_query(request: web.Request, query_name: str) -> frozenset[str]:
     raw = request.query.get(query_name, "")
     if not raw:
-        raise InvalidInput(f"query parameter {query_name!r} is required (e.g. "
-                           f"?{query_name}=program:1234)")
+        raise InvalidInput(
+            f"query parameter {query_name!r} is required (e.g. ?{query_name}=program:1234)"
+        )
     return parse_topics(raw.split(","), "event type")
 
 
@@ -166,11 +179,13 @@ async def handle(request: web.Request) -> web.StreamResponse:
     topics = topics_from_query(request, settings.sse_event_query)
     last_id = _last_event_id(request)
 
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream",
-        "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no",
-    })
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
     if settings.cors_origin:
         response.headers["Access-Control-Allow-Origin"] = settings.cors_origin
     if request.method == "HEAD":
@@ -190,8 +205,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
         flusher.mark(sink)
     peer = request.remote
     started = time.monotonic()
-    log.info("sse connection opened",
-             extra={"peer": peer, "topics": sorted(topics), "last_event_id": last_id})
+    log.info(
+        "sse connection opened",
+        extra={"peer": peer, "topics": sorted(topics), "last_event_id": last_id},
+    )
     try:
         sub = await fanout.subscribe(topics, sink, last_id)
     except HubError as exc:  # e.g. the broker cannot replay now: the client retries
@@ -201,14 +218,17 @@ async def handle(request: web.Request) -> web.StreamResponse:
             await sink.done
         finally:  # also when the client went away (aiohttp cancels the handler)
             fanout.unsubscribe(sub)
-            log.info("sse connection closed", extra={
-                "peer": peer, "seconds": round(time.monotonic() - started, 3)})
+            log.info(
+                "sse connection closed",
+                extra={"peer": peer, "seconds": round(time.monotonic() - started, 3)},
+            )
     await _finish(request, response, sink, settings.grace)
     return response
 
 
-async def _finish(request: web.Request, response: web.StreamResponse, sink: SseSink,
-                  drain_within: float) -> None:
+async def _finish(
+    request: web.Request, response: web.StreamResponse, sink: SseSink, drain_within: float
+) -> None:
     """End the stream with its terminating chunk; cut a client that does not read it."""
     transport = request.transport
     if transport is None or transport.is_closing():
@@ -218,8 +238,10 @@ async def _finish(request: web.Request, response: web.StreamResponse, sink: SseS
         async with asyncio.timeout(drain_within):
             await response.write_eof()
     except TimeoutError:
-        log.info("sse client did not drain its stream; connection aborted",
-                 extra={"peer": request.remote})
+        log.info(
+            "sse client did not drain its stream; connection aborted",
+            extra={"peer": request.remote},
+        )
         transport.abort()
     except asyncio.CancelledError:
         transport.abort()

@@ -33,8 +33,14 @@ class SseClient:
 
     @classmethod
     async def connect(
-        cls, port: int, target: str = "/?eventType=a", *, headers: Iterable[tuple[str, str]] = (),
-        method: str = "GET", version: str = "1.1", rcvbuf: int | None = None,
+        cls,
+        port: int,
+        target: str = "/?eventType=a",
+        *,
+        headers: Iterable[tuple[str, str]] = (),
+        method: str = "GET",
+        version: str = "1.1",
+        rcvbuf: int | None = None,
         read_head: bool = True,
     ) -> SseClient:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -43,8 +49,11 @@ class SseClient:
         sock.setblocking(False)
         loop = asyncio.get_running_loop()
         await loop.sock_connect(sock, ("127.0.0.1", port))
-        lines = [f"{method} {target} HTTP/{version}", f"Host: 127.0.0.1:{port}",
-                 *(f"{k}: {v}" for k, v in headers)]
+        lines = [
+            f"{method} {target} HTTP/{version}",
+            f"Host: 127.0.0.1:{port}",
+            *(f"{k}: {v}" for k, v in headers),
+        ]
         await loop.sock_sendall(sock, ("\r\n".join(lines) + "\r\n\r\n").encode())
         client = cls(sock)
         if read_head:
@@ -96,15 +105,15 @@ class SseClient:
             if size == 0:
                 if len(self._raw) < end + 4:
                     return
-                assert self._raw[end:end + 4] == b"\r\n\r\n", bytes(self._raw[:40])
+                assert self._raw[end : end + 4] == b"\r\n\r\n", bytes(self._raw[:40])
                 self.ended_cleanly = True
-                del self._raw[:end + 4]
+                del self._raw[: end + 4]
                 return
             if len(self._raw) < end + 2 + size + 2:
                 return
-            assert self._raw[end + 2 + size:end + 4 + size] == b"\r\n", "bad chunk framing"
-            self._body += self._raw[end + 2:end + 2 + size]
-            del self._raw[:end + 4 + size]
+            assert self._raw[end + 2 + size : end + 4 + size] == b"\r\n", "bad chunk framing"
+            self._body += self._raw[end + 2 : end + 2 + size]
+            del self._raw[: end + 4 + size]
 
     async def body(self, n: int) -> bytes:
         """At least n de-chunked body bytes (for non-SSE answers use `json_body`)."""
@@ -124,8 +133,8 @@ class SseClient:
             self._dechunk()
             end = self._body.find(b"\n\n")
             if end >= 0:
-                frame = bytes(self._body[:end + 2])
-                del self._body[:end + 2]
+                frame = bytes(self._body[: end + 2])
+                del self._body[: end + 2]
                 return frame
             if self.ended_cleanly:
                 raise StreamEnded(f"stream ended; left over: {bytes(self._body)!r}")

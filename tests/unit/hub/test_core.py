@@ -28,13 +28,16 @@ def types(sink: FakeSink) -> list[str]:
     return [e.type for e in sink.replayed + sink.events]
 
 
-@pytest.mark.parametrize(("topic", "received"), [
-    ("a", ["a", "a:b", "a:b:c", "a:bcd"]),
-    ("a:b", ["a:b", "a:b:c"]),
-    ("a:b:c", ["a:b:c"]),
-    ("b", ["b"]),
-    ("a:bc", []),
-])
+@pytest.mark.parametrize(
+    ("topic", "received"),
+    [
+        ("a", ["a", "a:b", "a:b:c", "a:bcd"]),
+        ("a:b", ["a:b", "a:b:c"]),
+        ("a:b:c", ["a:b:c"]),
+        ("b", ["b"]),
+        ("a:bc", []),
+    ],
+)
 async def test_topic_matches_itself_and_deeper_types_only(topic: str, received: list[str]) -> None:
     """Plasma's rule: a topic receives its own type and every type below it, by segment."""
     fanout = await started()
@@ -67,8 +70,10 @@ async def test_every_matching_subscriber_gets_the_same_event_object() -> None:
 async def test_unsubscribe_leaves_no_empty_topic_tables() -> None:
     """Plasma never deletes per-type tables; the index here shrinks back to nothing."""
     fanout = await started()
-    subs = [await fanout.subscribe(frozenset([f"program:{i}:views", "all"]), FakeSink())
-            for i in range(50)]
+    subs = [
+        await fanout.subscribe(frozenset([f"program:{i}:views", "all"]), FakeSink())
+        for i in range(50)
+    ]
     assert fanout.topic_count() == 51
     for sub in subs:
         fanout.unsubscribe(sub)
@@ -194,11 +199,14 @@ async def test_cancelled_resume_leaves_no_subscription() -> None:
     assert fanout.topic_count() == 0
 
 
-@pytest.mark.parametrize(("resume_from", "reason"), [
-    ("other-1", "epoch_changed"),
-    ("42", "unknown_id"),
-    ("e-999", "unknown_id"),
-])
+@pytest.mark.parametrize(
+    ("resume_from", "reason"),
+    [
+        ("other-1", "epoch_changed"),
+        ("42", "unknown_id"),
+        ("e-999", "unknown_id"),
+    ],
+)
 async def test_unusable_resume_id_resets_then_goes_live(resume_from: str, reason: str) -> None:
     """The reset carries the head at subscription: live events after it follow."""
     fanout = await started()

@@ -72,23 +72,26 @@ async def test_replay_at_the_head_is_empty() -> None:
 async def test_replay_just_inside_and_just_outside_history() -> None:
     broker, _ = await filled(20, history=10)  # oldest kept: ep-11
     inside = await broker.replay("ep-10")
-    assert [e.id for e in inside.events][0] == "ep-11" and len(inside.events) == 10
+    assert inside.events[0].id == "ep-11" and len(inside.events) == 10
     outside = await broker.replay("ep-9")
     assert outside.reset == "history_expired" and not outside.events
 
 
-@pytest.mark.parametrize(("event_id", "reason"), [
-    ("other-2", "epoch_changed"),
-    ("ep-99", "unknown_id"),
-    ("42", "unknown_id"),  # Plasma's per-connection counter
-    ("0", "unknown_id"),
-    ("ep-", "unknown_id"),
-    ("-5", "unknown_id"),
-    ("ep-x", "unknown_id"),
-    ("ep-²", "unknown_id"),  # a Unicode digit int() refuses
-    ("ep-" + "9" * 5000, "unknown_id"),
-    ("ep-1.5", "unknown_id"),
-])
+@pytest.mark.parametrize(
+    ("event_id", "reason"),
+    [
+        ("other-2", "epoch_changed"),
+        ("ep-99", "unknown_id"),
+        ("42", "unknown_id"),  # Plasma's per-connection counter
+        ("0", "unknown_id"),
+        ("ep-", "unknown_id"),
+        ("-5", "unknown_id"),
+        ("ep-x", "unknown_id"),
+        ("ep-²", "unknown_id"),  # a Unicode digit int() refuses
+        ("ep-" + "9" * 5000, "unknown_id"),
+        ("ep-1.5", "unknown_id"),
+    ],
+)
 async def test_unusable_ids_reset_with_a_reason(event_id: str, reason: str) -> None:
     broker, _ = await filled(3)
     replay = await broker.replay(event_id)
@@ -97,9 +100,17 @@ async def test_unusable_ids_reset_with_a_reason(event_id: str, reason: str) -> N
     assert len(replay.detail) < 200
 
 
-@pytest.mark.parametrize(("event_id", "pos"), [
-    ("ep-3", (3, 0)), ("ep-0", (0, 0)), ("other-3", None), ("42", None), ("ep-²", None),
-    ("ep-" + "1" * 100, None)])
+@pytest.mark.parametrize(
+    ("event_id", "pos"),
+    [
+        ("ep-3", (3, 0)),
+        ("ep-0", (0, 0)),
+        ("other-3", None),
+        ("42", None),
+        ("ep-²", None),
+        ("ep-" + "1" * 100, None),
+    ],
+)
 async def test_position_of_ids(event_id: str, pos: tuple[int, int] | None) -> None:
     broker, _ = await filled(3)
     assert broker.position(event_id) == pos

@@ -21,70 +21,142 @@ def test_defaults_are_the_documented_ones() -> None:
 
 
 def test_flags_set_every_issue_setting() -> None:
-    s = parse(HubSettings, [
-        "--host", "0.0.0.0", "--http-port", "9000", "--grpc-port", "off", "--heartbeat", "2.5",
-        "--history", "50", "--sse-retry", "500", "--cors-origin", "https://app.example",
-        "--max-body", "1000", "--max-keys", "7", "--queue-size", "3", "--grace", "0",
-        "--sse-event-query", "topics", "--log-level", "DEBUG"], {})
+    s = parse(
+        HubSettings,
+        [
+            "--host",
+            "0.0.0.0",
+            "--http-port",
+            "9000",
+            "--grpc-port",
+            "off",
+            "--heartbeat",
+            "2.5",
+            "--history",
+            "50",
+            "--sse-retry",
+            "500",
+            "--cors-origin",
+            "https://app.example",
+            "--max-body",
+            "1000",
+            "--max-keys",
+            "7",
+            "--queue-size",
+            "3",
+            "--grace",
+            "0",
+            "--sse-event-query",
+            "topics",
+            "--log-level",
+            "DEBUG",
+        ],
+        {},
+    )
     assert s == HubSettings(
-        host="0.0.0.0", http_port=9000, grpc_port=None, heartbeat=2.5, history=50,
-        sse_retry=500, cors_origin="https://app.example", max_body=1000, max_keys=7,
-        queue_size=3, grace=0.0, sse_event_query="topics", log_level="debug")
+        host="0.0.0.0",
+        http_port=9000,
+        grpc_port=None,
+        heartbeat=2.5,
+        history=50,
+        sse_retry=500,
+        cors_origin="https://app.example",
+        max_body=1000,
+        max_keys=7,
+        queue_size=3,
+        grace=0.0,
+        sse_event_query="topics",
+        log_level="debug",
+    )
 
 
 def test_cachewire_environment() -> None:
-    s = HubSettings.from_env({
-        "CACHEWIRE_HTTP_PORT": "9001", "CACHEWIRE_HEARTBEAT": "3s", "CACHEWIRE_HISTORY": "9",
-        "CACHEWIRE_CORS_ORIGIN": "*", "CACHEWIRE_QUEUE_SIZE": "11", "UNRELATED": "x"})
+    s = HubSettings.from_env(
+        {
+            "CACHEWIRE_HTTP_PORT": "9001",
+            "CACHEWIRE_HEARTBEAT": "3s",
+            "CACHEWIRE_HISTORY": "9",
+            "CACHEWIRE_CORS_ORIGIN": "*",
+            "CACHEWIRE_QUEUE_SIZE": "11",
+            "UNRELATED": "x",
+        }
+    )
     assert (s.http_port, s.heartbeat, s.history, s.cors_origin, s.queue_size) == (
-        9001, 3.0, 9, "*", 11)
+        9001,
+        3.0,
+        9,
+        "*",
+        11,
+    )
 
 
 def test_plasma_environment_is_honoured() -> None:
-    s = HubSettings.from_env({
-        "PLASMA_PORT": "9002", "PLASMA_ORIGIN": "http://a", "PLASMA_SSE_RETRY": "700",
-        "PLASMA_SSE_EVENTQUERY": "ev", "PLASMA_GRPCPORT": "9003",
-        "PLASMA_SUBSCRIBER_TYPE": "mock"})
+    s = HubSettings.from_env(
+        {
+            "PLASMA_PORT": "9002",
+            "PLASMA_ORIGIN": "http://a",
+            "PLASMA_SSE_RETRY": "700",
+            "PLASMA_SSE_EVENTQUERY": "ev",
+            "PLASMA_GRPCPORT": "9003",
+            "PLASMA_SUBSCRIBER_TYPE": "mock",
+        }
+    )
     assert (s.http_port, s.cors_origin, s.sse_retry, s.sse_event_query, s.grpc_port) == (
-        9002, "http://a", 700, "ev", 9003)
+        9002,
+        "http://a",
+        700,
+        "ev",
+        9003,
+    )
     assert s.broker == "memory"  # Plasma's fake-event "mock" source is never started
 
 
 def test_plasma_redis_address_becomes_a_url() -> None:
-    s = HubSettings.from_env({"PLASMA_SUBSCRIBER_REDIS_ADDR": "redis.local:6380",
-                              "PLASMA_SUBSCRIBER_REDIS_PASSWORD": "p@ss",
-                              "PLASMA_SUBSCRIBER_REDIS_DB": "2"})
+    s = HubSettings.from_env(
+        {
+            "PLASMA_SUBSCRIBER_REDIS_ADDR": "redis.local:6380",
+            "PLASMA_SUBSCRIBER_REDIS_PASSWORD": "p@ss",
+            "PLASMA_SUBSCRIBER_REDIS_DB": "2",
+        }
+    )
     assert s.redis_url == "redis://:p%40ss@redis.local:6380/2"
 
 
 def test_flag_beats_cachewire_beats_plasma() -> None:
-    env = {"CACHEWIRE_HTTP_PORT": "2", "PLASMA_PORT": "3", "PLASMA_ORIGIN": "plasma",
-           "CACHEWIRE_CORS_ORIGIN": "cachewire"}
+    env = {
+        "CACHEWIRE_HTTP_PORT": "2",
+        "PLASMA_PORT": "3",
+        "PLASMA_ORIGIN": "plasma",
+        "CACHEWIRE_CORS_ORIGIN": "cachewire",
+    }
     assert parse(HubSettings, ["--http-port", "1"], env).http_port == 1
     assert parse(HubSettings, [], env).http_port == 2
     assert parse(HubSettings, [], {"PLASMA_PORT": "3"}).http_port == 3
     assert parse(HubSettings, [], env).cors_origin == "cachewire"
 
 
-@pytest.mark.parametrize(("argv", "env", "named"), [
-    (["--history", "0"], {}, "--history='0'"),
-    (["--history", "many"], {}, "--history='many'"),
-    (["--http-port", "70000"], {}, "--http-port='70000'"),
-    (["--heartbeat", "0"], {}, "--heartbeat='0'"),
-    (["--heartbeat", "nan"], {}, "--heartbeat='nan'"),
-    (["--grace", "-1"], {}, "--grace='-1'"),
-    (["--grace", "inf"], {}, "--grace='inf'"),
-    (["--queue-size", "-3"], {}, "--queue-size='-3'"),
-    (["--max-body", "1.5"], {}, "--max-body='1.5'"),
-    (["--sse-retry", ""], {}, "--sse-retry=''"),
-    (["--sse-event-query", "a b"], {}, "--sse-event-query='a b'"),
-    (["--broker", "kafka"], {}, "--broker='kafka'"),
-    (["--log-level", "loud"], {}, "--log-level='loud'"),
-    ([], {"CACHEWIRE_HISTORY": "0"}, "CACHEWIRE_HISTORY='0'"),
-    ([], {"PLASMA_PORT": "http"}, "PLASMA_PORT='http'"),
-    ([], {"PLASMA_SSE_RETRY": "-1"}, "PLASMA_SSE_RETRY='-1'"),
-    ([], {"CACHEWIRE_REDIS_URL": "localhost:6379"}, "CACHEWIRE_REDIS_URL="),
-])
+@pytest.mark.parametrize(
+    ("argv", "env", "named"),
+    [
+        (["--history", "0"], {}, "--history='0'"),
+        (["--history", "many"], {}, "--history='many'"),
+        (["--http-port", "70000"], {}, "--http-port='70000'"),
+        (["--heartbeat", "0"], {}, "--heartbeat='0'"),
+        (["--heartbeat", "nan"], {}, "--heartbeat='nan'"),
+        (["--grace", "-1"], {}, "--grace='-1'"),
+        (["--grace", "inf"], {}, "--grace='inf'"),
+        (["--queue-size", "-3"], {}, "--queue-size='-3'"),
+        (["--max-body", "1.5"], {}, "--max-body='1.5'"),
+        (["--sse-retry", ""], {}, "--sse-retry=''"),
+        (["--sse-event-query", "a b"], {}, "--sse-event-query='a b'"),
+        (["--broker", "kafka"], {}, "--broker='kafka'"),
+        (["--log-level", "loud"], {}, "--log-level='loud'"),
+        ([], {"CACHEWIRE_HISTORY": "0"}, "CACHEWIRE_HISTORY='0'"),
+        ([], {"PLASMA_PORT": "http"}, "PLASMA_PORT='http'"),
+        ([], {"PLASMA_SSE_RETRY": "-1"}, "PLASMA_SSE_RETRY='-1'"),
+        ([], {"CACHEWIRE_REDIS_URL": "localhost:6379"}, "CACHEWIRE_REDIS_URL="),
+    ],
+)
 def test_bad_values_name_the_setting(argv: list[str], env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse(HubSettings, argv, env)

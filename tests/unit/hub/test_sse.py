@@ -2,43 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Callable
-from typing import Any
 
-import aiohttp
 import pytest
 
-from hub.server import Hub
 from tests.sse_wire import SseClient, StreamEnded, parse_frame
-
-HubFactory = Callable[..., Any]
-
-
-async def start(hub_factory: HubFactory, **settings: Any) -> Hub:
-    hub: Hub = await hub_factory(grpc_port=None, **settings)
-    return hub
+from tests.unit.hub.sse_helpers import HubFactory, publish, received_until, start, subscribe
 
 
-async def publish(hub: Hub, body: Any) -> list[str]:
-    async with aiohttp.ClientSession() as http, http.post(
-            f"http://127.0.0.1:{hub.http_port}/v1/publish", json=body) as resp:
-        assert resp.status == 200, await resp.text()
-        ids: list[str] = (await resp.json())["ids"]
-        return ids
-
-
-async def subscribe(hub: Hub, target: str = "/?eventType=a", **kw: Any) -> SseClient:
-    """Connect and wait until the hub has registered the subscription."""
-    before = hub.fanout.count("sse")
-    client = await SseClient.connect(hub.http_port, target, **kw)
-    await hub.fanout.wait_subscribers(before + 1, "sse")
-    return client
-
-
-async def test_stream_opens_at_once_with_headers_retry_and_head_id(
-        hub_factory: HubFactory) -> None:
+async def test_stream_opens_at_once_with_headers_retry_and_head_id(hub_factory: HubFactory) -> None:
     """Before any event: 200, the SSE headers, `retry:`, then an id-only frame at the head."""
     hub = await start(hub_factory)
     async with await subscribe(hub) as client:
@@ -70,26 +44,38 @@ async def test_event_frame_is_plasma_envelope_exactly(hub_factory: HubFactory) -
     async with await subscribe(hub, "/?eventType=program:1234") as client:
         [event_id] = await publish(hub, {"type": "program:1234:views", "data": "42"})
         assert await client.data_frame() == (
-            f'id: {event_id}\ndata: {{"meta":{{"type":"program:1234:views"}},"data":"42"}}\n\n'
-            .encode())
+            f'id: {event_id}\ndata: {{"meta":{{"type":"program:1234:views"}},"data":"42"}}\n\n'.encode()
+        )
 
 
 async def test_invalidation_fields_ride_inside_meta(hub_factory: HubFactory) -> None:
     hub = await start(hub_factory)
     async with await subscribe(hub) as client:
-        await publish(hub, {"type": "a", "data": {"n": 1}, "keys": ["k"], "prefixes": ["p:"],
-                            "flush": True})
+        await publish(
+            hub, {"type": "a", "data": {"n": 1}, "keys": ["k"], "prefixes": ["p:"], "flush": True}
+        )
         _, data = (await client.events(1))[0]
-        assert data == {"meta": {"type": "a", "keys": ["k"], "prefixes": ["p:"],
-                                 "flush": True}, "data": {"n": 1}}
+        assert data == {
+            "meta": {"type": "a", "keys": ["k"], "prefixes": ["p:"], "flush": True},
+            "data": {"n": 1},
+        }
 
 
-TRICKY = ["two\nlines", "crlf\r\nand cr\r", "\n\ndata: forged\n\nid: 9\n\n", "é 日本 🎉",
-          "\u2028\u2029\x85", {"k": "v\n"}, None, 3.5, ["\n"], ""]
+TRICKY = [
+    "two\nlines",
+    "crlf\r\nand cr\r",
+    "\n\ndata: forged\n\nid: 9\n\n",
+    "é 日本 🎉",
+    "\u2028\u2029\x85",
+    {"k": "v\n"},
+    None,
+    3.5,
+    ["\n"],
+    "",
+]
 
 
-async def test_data_with_newlines_and_unicode_never_breaks_framing(
-        hub_factory: HubFactory) -> None:
+async def test_data_with_newlines_and_unicode_never_breaks_framing(hub_factory: HubFactory) -> None:
     """Each event stays one id line and one data line; the data round-trips exactly."""
     hub = await start(hub_factory)
     async with await subscribe(hub) as client:
@@ -99,8 +85,9 @@ async def test_data_with_newlines_and_unicode_never_breaks_framing(
             frame = await client.data_frame()
             assert frame.count(b"\n") == 3 and b"\r" not in frame
             got.append(parse_frame(frame))
-        assert got == [(i, {"meta": {"type": "a"}, "data": d})
-                       for i, d in zip(ids, TRICKY, strict=True)]
+        assert got == [
+            (i, {"meta": {"type": "a"}, "data": d}) for i, d in zip(ids, TRICKY, strict=True)
+        ]
 
 
 async def test_heartbeat_is_an_sse_comment(hub_factory: HubFactory) -> None:
@@ -112,17 +99,6 @@ async def test_heartbeat_is_an_sse_comment(hub_factory: HubFactory) -> None:
         assert await client.frame() == b": heartbeat\n\n"
 
 
-async def received_until(client: SseClient, end_id: str) -> list[str]:
-    """The ids of the events received before the one with end_id (which every client gets)."""
-    got: list[str] = []
-    while True:
-        event_id, _ = (await client.events(1))[0]
-        assert event_id is not None
-        if event_id == end_id:
-            return got
-        got.append(event_id)
-
-
 async def test_topic_matching_and_overlap_over_http(hub_factory: HubFactory) -> None:
     """a gets a, a:b, a:b:c; a:b gets a:b, a:b:c; `a,a:b,a:b:c` gets each once; not ab."""
     hub = await start(hub_factory)
@@ -131,8 +107,13 @@ async def test_topic_matching_and_overlap_over_http(hub_factory: HubFactory) -> 
     try:
         ids = await publish(hub, [{"type": t} for t in ["ab", "a", "a:b", "a:b:c", "b", "a:bcd"]])
         [end] = await publish(hub, {"type": "end"})
-        expected = [[ids[1], ids[2], ids[3], ids[5]], [ids[2], ids[3]],
-                    [ids[1], ids[2], ids[3], ids[5]], [ids[4]], []]
+        expected = [
+            [ids[1], ids[2], ids[3], ids[5]],
+            [ids[2], ids[3]],
+            [ids[1], ids[2], ids[3], ids[5]],
+            [ids[4]],
+            [],
+        ]
         for client, want in zip(clients, expected, strict=True):
             assert await received_until(client, end) == want
     finally:
@@ -140,13 +121,17 @@ async def test_topic_matching_and_overlap_over_http(hub_factory: HubFactory) -> 
             client.close()
 
 
-@pytest.mark.parametrize(("target", "headers"), [
-    ("/events?eventType=a", []),
-    ("/anything/here?eventType=a", [("Accept", "text/event-stream")]),
-    ("/?eventType=a", [("Accept", "text/event-stream")]),
-])
-async def test_subscribe_paths(hub_factory: HubFactory, target: str,
-                               headers: list[tuple[str, str]]) -> None:
+@pytest.mark.parametrize(
+    ("target", "headers"),
+    [
+        ("/events?eventType=a", []),
+        ("/anything/here?eventType=a", [("Accept", "text/event-stream")]),
+        ("/?eventType=a", [("Accept", "text/event-stream")]),
+    ],
+)
+async def test_subscribe_paths(
+    hub_factory: HubFactory, target: str, headers: list[tuple[str, str]]
+) -> None:
     """/ and /events subscribe; any other path does when the client accepts SSE (Plasma)."""
     hub = await start(hub_factory)
     async with await subscribe(hub, target, headers=headers) as client:
@@ -163,17 +148,21 @@ async def test_event_query_name_is_configurable(hub_factory: HubFactory) -> None
         assert "'topics' is required" in (await client.json_body())["error"]
 
 
-@pytest.mark.parametrize(("target", "problem"), [
-    ("/", "'eventType' is required"),
-    ("/?eventType=", "'eventType' is required"),
-    ("/?eventType=a,,b", "must not be empty"),
-    ("/?eventType=a::b", "empty segment"),
-    ("/?eventType=" + "x" * 300, "longer than 256 bytes"),
-    ("/?eventType=a%0Ab", "control character"),
-    ("/events", "'eventType' is required"),
-])
-async def test_bad_subscriptions_answer_400_json(hub_factory: HubFactory, target: str,
-                                                 problem: str) -> None:
+@pytest.mark.parametrize(
+    ("target", "problem"),
+    [
+        ("/", "'eventType' is required"),
+        ("/?eventType=", "'eventType' is required"),
+        ("/?eventType=a,,b", "must not be empty"),
+        ("/?eventType=a::b", "empty segment"),
+        ("/?eventType=" + "x" * 300, "longer than 256 bytes"),
+        ("/?eventType=a%0Ab", "control character"),
+        ("/events", "'eventType' is required"),
+    ],
+)
+async def test_bad_subscriptions_answer_400_json(
+    hub_factory: HubFactory, target: str, problem: str
+) -> None:
     hub = await start(hub_factory)
     async with await SseClient.connect(hub.http_port, target) as client:
         assert client.status == 400
@@ -200,8 +189,7 @@ async def test_http10_client_gets_an_unchunked_stream(hub_factory: HubFactory) -
         assert (await client.events(1))[0][0] == event_id
 
 
-async def test_shutdown_ends_the_stream_with_the_terminating_chunk(
-        hub_factory: HubFactory) -> None:
+async def test_shutdown_ends_the_stream_with_the_terminating_chunk(hub_factory: HubFactory) -> None:
     """Stopping the hub ends each stream cleanly, so clients reconnect (elsewhere)."""
     hub = await start(hub_factory)
     async with await subscribe(hub) as client:
@@ -215,13 +203,14 @@ async def test_shutdown_ends_the_stream_with_the_terminating_chunk(
 
 
 async def test_client_leaving_unsubscribes_and_logs(
-        hub_factory: HubFactory, caplog: pytest.LogCaptureFixture) -> None:
+    hub_factory: HubFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, "cachewire.hub.sse")
     hub = await start(hub_factory)
     client = await subscribe(hub, "/?eventType=a,b")
     await client.frame()
     client.close()
-    async with __import__("asyncio").timeout(20):
+    async with asyncio.timeout(20):
         while hub.fanout.count() or "sse connection closed" not in caplog.messages:
             await publish(hub, {"type": "a"})  # writing to a closed socket notices it
     opened = [r for r in caplog.records if r.getMessage() == "sse connection opened"]
