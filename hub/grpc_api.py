@@ -229,6 +229,20 @@ class SubscribeSink:
             raise box.error
 
 
+async def write(context: Any, message: bytes) -> bool:
+    """Send one message; False when the client has gone away (its stream just ends).
+
+    A write fails when the connection dropped before gRPC noticed the cancellation; it
+    raises its internal ExecuteBatchError, which is no error of ours or the client's.
+    """
+    try:
+        await context.write(message)
+    except Exception as exc:
+        log.debug("grpc write failed: the client went away", extra={"error": repr(exc)})
+        return False
+    return True
+
+
 def drafts_from_request(
     request: hub_pb2.PublishRequest, metadata: dict[str, str], max_keys: int
 ) -> list[Draft]:
@@ -276,9 +290,7 @@ class HubService:
         events = await self._hub.broker.publish(drafts)
         return hub_pb2.PublishResponse(ids=[e.id for e in events])
 
-    async def Subscribe(
-        self, request: hub_pb2.SubscribeRequest, context: Any
-    ) -> AsyncIterator[bytes]:
+    async def Subscribe(self, request: hub_pb2.SubscribeRequest, context: Any) -> None:
         topics = parse_topics(list(request.topics))
         if self._hub.stopping:
             raise Unavailable(SHUTTING_DOWN)
@@ -297,7 +309,8 @@ class HubService:
                 # Live now, after any replay: tells the client so, with the high-water id.
                 sink.heartbeat(fanout.last_id)
             async for message in sink.messages():
-                yield message
+                if not await write(context, message):
+                    return
         finally:
             if sub is not None:
                 fanout.unsubscribe(sub)

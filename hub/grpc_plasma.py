@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from cachewire.v1 import plasma_pb2
@@ -24,7 +24,7 @@ from hub.brokers.base import ResetReason
 from hub.core import Subscription
 from hub.errors import HubError, Unavailable
 from hub.events import RESET_TYPE, Event, validate_topic
-from hub.grpc_api import MAX_BATCH, SHUTTING_DOWN, EncodeCache, Outbox
+from hub.grpc_api import MAX_BATCH, SHUTTING_DOWN, EncodeCache, Outbox, write
 
 if TYPE_CHECKING:
     from hub.server import Hub
@@ -55,8 +55,9 @@ class PlasmaSink:
 
     kind = "grpc_plasma"
 
-    def __init__(self, queue_size: int) -> None:
+    def __init__(self, queue_size: int, encode: Callable[[Event], bytes]) -> None:
         self.outbox = Outbox(queue_size)
+        self._encode = encode
         self._slow = False
 
     def send(self, event: Event) -> bool:
@@ -82,6 +83,19 @@ class PlasmaSink:
         )
         self.outbox.finish(Unavailable(message))
 
+    async def messages(self) -> AsyncIterator[bytes]:
+        """Encoded Payload messages, one per event (Plasma's contract has no batch)."""
+        box = self.outbox
+        while await box.ready():
+            item = box.take(MAX_BATCH)
+            if isinstance(item, bytes):
+                yield item
+            else:
+                for event in item:
+                    yield self._encode(event)
+        if box.error is not None:
+            raise box.error
+
 
 class StreamService:
     """proto.StreamService. Methods raise HubError; grpc_server maps it to a status."""
@@ -91,28 +105,19 @@ class StreamService:
         self._streams = streams  # open streams, ended by GrpcServer.stop
         self._encode = EncodeCache(payload_message)
 
-    async def Events(
-        self, requests: AsyncIterator[plasma_pb2.Request], context: Any
-    ) -> AsyncIterator[bytes]:
+    async def Events(self, requests: AsyncIterator[plasma_pb2.Request], context: Any) -> None:
         if self._hub.stopping:
             raise Unavailable(SHUTTING_DOWN)
-        sink = PlasmaSink(self._hub.settings.queue_size)
+        sink = PlasmaSink(self._hub.settings.queue_size, self._encode)
         holder: list[Subscription] = []  # the subscription, once the first Request came
         peer, started = context.peer(), time.monotonic()
         log.info("grpc plasma stream opened", extra={"peer": peer})
         self._streams.add(sink.outbox)
         reader = asyncio.create_task(self._read(requests, sink, holder))
         try:
-            box = sink.outbox
-            while await box.ready():
-                item = box.take(MAX_BATCH)
-                if isinstance(item, bytes):
-                    yield item
-                else:
-                    for event in item:
-                        yield self._encode(event)
-            if box.error is not None:
-                raise box.error
+            async for message in sink.messages():
+                if not await write(context, message):
+                    return
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

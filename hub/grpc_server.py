@@ -3,7 +3,7 @@
 `GrpcServer(hub)` is owned by `Hub`: `start(host, port)` returns the bound port, and
 `stop(grace)` ends open streams with UNAVAILABLE (clients reconnect, to another replica)
 within the grace period. `HubError`s raised by the services become gRPC statuses here,
-in `guard`, and nowhere else.
+in `_abort`, and nowhere else.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -56,28 +55,33 @@ async def _abort(context: Any, exc: Exception) -> None:
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
-def guard(method: F) -> F:
-    """Wrap a servicer method (coroutine or async generator) with the error mapping."""
-    if inspect.isasyncgenfunction(method):
+class Calls:
+    """Wraps servicer methods: maps their errors, and counts the calls in progress."""
 
+    def __init__(self) -> None:
+        self.active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def guard(self, method: F) -> F:
         @functools.wraps(method)
-        async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+        async def guarded(request: Any, context: Any) -> Any:
+            self.active += 1
+            self._idle.clear()
             try:
-                async for message in method(request, context):
-                    yield message
+                return await method(request, context)
             except Exception as exc:
                 await _abort(context, exc)
+            finally:
+                self.active -= 1
+                if not self.active:
+                    self._idle.set()
 
-        return stream  # type: ignore[return-value]
+        return guarded  # type: ignore[return-value]
 
-    @functools.wraps(method)
-    async def unary(request: Any, context: Any) -> Any:
-        try:
-            return await method(request, context)
-        except Exception as exc:
-            await _abort(context, exc)
-
-    return unary  # type: ignore[return-value]
+    async def idle(self) -> None:
+        """Return once no call is in progress."""
+        await self._idle.wait()
 
 
 class Health(HealthServicer):  # type: ignore[misc]  # grpc_health ships no type hints
@@ -106,12 +110,14 @@ class GrpcServer:
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
         self._streams: set[Outbox] = set()
+        self._calls = Calls()
         self._health = Health(lambda: hub.broker.ready() and not hub.stopping)
         self._server: Any = None
         self._poll: asyncio.Task[None] | None = None
 
     def _handlers(self) -> dict[str, dict[str, Any]]:
         """Method handlers; streamed responses are pre-encoded bytes (no serializer)."""
+        guard = self._calls.guard
         api = HubService(self._hub, self._streams)
         plasma = StreamService(self._hub, self._streams)
         return {
@@ -122,12 +128,14 @@ class GrpcServer:
                     response_serializer=hub_pb2.PublishResponse.SerializeToString,
                 ),
                 "Subscribe": grpc.unary_stream_rpc_method_handler(
-                    guard(api.Subscribe), request_deserializer=hub_pb2.SubscribeRequest.FromString
+                    guard(api.Subscribe),
+                    request_deserializer=hub_pb2.SubscribeRequest.FromString,
                 ),
             },
             PLASMA_SERVICE: {
                 "Events": grpc.stream_stream_rpc_method_handler(
-                    guard(plasma.Events), request_deserializer=plasma_pb2.Request.FromString
+                    guard(plasma.Events),
+                    request_deserializer=plasma_pb2.Request.FromString,
                 ),
             },
         }
@@ -177,6 +185,14 @@ class GrpcServer:
         #    each drains what is queued, then ends with UNAVAILABLE.
         for outbox in tuple(self._streams):
             outbox.finish(Unavailable(SHUTTING_DOWN))
-        # 3. Refuse new calls, let the ending ones finish within the grace, cancel the rest.
-        if self._server is not None:
-            await self._server.stop(grace)
+        if self._server is None:
+            return
+        # 3. Refuse new calls; let ours (streams ending, publishes storing) finish within
+        #    the grace, then cancel what is left: calls past the grace, health Watch and
+        #    reflection streams (which would otherwise hold the process for the full grace).
+        stopping = asyncio.create_task(self._server.stop(grace))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._calls.idle()
+        await self._server.stop(0)
+        await stopping
