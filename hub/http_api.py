@@ -120,6 +120,8 @@ async def plasma_metrics(request: web.Request) -> web.Response:
 
 async def any_path(request: web.Request) -> web.StreamResponse:
     """Plasma serves SSE on any path when the client accepts text/event-stream."""
+    if request.path == "/v1/publish":  # one of ours, POST only: never a subscription
+        raise web.HTTPMethodNotAllowed(request.method, ["POST"])
     if "text/event-stream" in request.headers.get("Accept", ""):
         return await sse.handle(request)
     raise web.HTTPNotFound(reason=f"no endpoint at {request.path}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,25 @@ async def subscribe(hub: Hub, target: str = "/?eventType=a", **kw: Any) -> SseCl
     client = await SseClient.connect(hub.http_port, target, **kw)
     await hub.fanout.wait_subscribers(before + 1, "sse")
     return client
+
+
+async def eventually(check: Callable[[], bool], what: str, within: float = 20.0) -> None:
+    """Poll a fact until it holds (generous bound: the machine is shared)."""
+    async with asyncio.timeout(within):
+        while not check():  # noqa: ASYNC110 - aiohttp's connection list has no event to await
+            await asyncio.sleep(0.01)
+    assert check(), what
+
+
+def connected_peers(hub: Hub) -> set[tuple[str, int]]:
+    """The client addresses of the hub's open HTTP connections (aiohttp's server)."""
+    runner = hub._runner
+    assert runner is not None and runner.server is not None
+    peers = set()
+    for handler in runner.server.connections:
+        if handler.transport is not None and not handler.transport.is_closing():
+            peers.add(handler.transport.get_extra_info("peername"))
+    return peers
 
 
 async def received_until(client: SseClient, end_id: str) -> list[str]:
