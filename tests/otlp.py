@@ -12,6 +12,7 @@ wait on a fact: `collector.wait_for_spans(lambda s: s.name == "publish")`.
 from __future__ import annotations
 
 import gzip
+import sys
 import threading
 import time
 import zlib
@@ -291,3 +292,18 @@ def in_memory_tracing() -> Iterator[InMemorySpanExporter]:
     finally:
         telemetry.install(None)
         provider.shutdown()
+
+
+def main() -> None:
+    """`python -m tests.otlp`: an OTLP/gRPC receiver in its own process (for benchmarks).
+
+    Prints `port N` once listening, counts spans, and on stdin's end prints `spans N`.
+    """
+    with OtlpGrpcCollector() as collector:
+        print(f"port {collector.port}", flush=True)
+        sys.stdin.read()
+        print(f"spans {len(collector.spans)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

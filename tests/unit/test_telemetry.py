@@ -153,8 +153,6 @@ def test_message_attributes_follow_the_messaging_conventions() -> None:
         "messaging.operation.type": "process",
         "messaging.destination.name": "user:1",
         "cachewire.keys.count": 2,
-        "cachewire.prefixes.count": 0,
-        "cachewire.flush": False,
     }
     batch = [
         Invalidation("e-1", "user:1", prefixes=("p",)),
