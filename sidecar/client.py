@@ -362,7 +362,10 @@ class Invalidator:
                 if self.connected:
                     attempt = 0
                 self._dropped(reason)
-                await asyncio.sleep(next_delay(attempt, self.backoff_base, self.backoff_cap))
+                delay = next_delay(attempt, self.backoff_base, self.backoff_cap)
+                # Wake up in time to clear again if the outage outlasts max_staleness.
+                due = self._cleared_at + self.max_staleness - time.monotonic()
+                await asyncio.sleep(max(0.0, min(delay, due)))
                 attempt += 1
         finally:
             self.connected = False

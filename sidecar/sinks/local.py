@@ -190,7 +190,9 @@ class RelaySink:
         try:
             self.port = server.add_insecure_port(address)
         except RuntimeError as exc:
-            raise SinkError(f"the relay cannot listen on {address}: {exc}") from None
+            raise SinkError(
+                f"the local relay cannot listen on {address}: the port is taken or not allowed"
+            ) from exc
         await server.start()
         self._server = server
         self._closing = False  # a closed relay may start again, with its history
