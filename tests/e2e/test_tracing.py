@@ -124,7 +124,7 @@ def test_a_batch_exports_a_create_span_per_event_linked_from_one_publish_span(
 
 def first_event(hub: Proc, resume_from: str = "") -> hub_pb2.Event:
     with grpc.insecure_channel(f"127.0.0.1:{hub.ports['grpc']}") as channel:
-        call = hub_pb2_grpc.HubStub(channel).Subscribe(
+        call = hub_pb2_grpc.HubStub(channel).Subscribe(  # type: ignore[no-untyped-call]
             hub_pb2.SubscribeRequest(topics=["user"], resume_from=resume_from), timeout=20
         )
         for resp in call:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 from cachewire import telemetry as ct
@@ -207,7 +210,7 @@ def test_lag_exemplars_carry_the_trace_id_in_openmetrics_only() -> None:
     text = body.decode()
     assert f'# {{trace_id="{TRACE}"}} 0.003' in text
     assert text.count("trace_id=") == 1  # no exemplar without a valid trace id
-    (family,) = text_string_to_metric_families(text)
+    (family,) = text_string_to_metric_families(text)  # type: ignore[no-untyped-call]
     assert family.name == "cachewire_test_lag_seconds" and family.unit == "seconds"
     exemplars = [s.exemplar for s in family.samples if s.exemplar is not None]
     assert [e.labels for e in exemplars] == [{"trace_id": TRACE}]
@@ -223,3 +226,23 @@ def test_negative_lag_from_clock_skew_counts_as_zero() -> None:
     lag.observe(-0.5, TRACE)
     assert registry.get_sample_value("cachewire_skew_lag_seconds_sum") == 0.0
     assert registry.get_sample_value("cachewire_skew_lag_seconds_bucket", {"le": "0.001"}) == 1.0
+
+
+def test_with_nothing_configured_no_sdk_is_loaded_and_no_provider_is_set() -> None:
+    """In a fresh process (configuration is once per process): tracing off costs nothing."""
+    code = (
+        "import sys, logging; logging.basicConfig(level='INFO')\n"
+        "from opentelemetry import trace\n"
+        "from cachewire import telemetry as ct\n"
+        "from hub import telemetry\n"
+        "telemetry.setup()\n"
+        "assert ct.tracer() is None and ct.configure('again') is None\n"
+        "assert 'opentelemetry.sdk.trace' not in sys.modules, 'the SDK was imported'\n"
+        "assert type(trace.get_tracer_provider()).__name__ == 'ProxyTracerProvider'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert "tracing off" in done.stderr

@@ -127,7 +127,7 @@ async def test_a_batch_gets_one_create_span_per_event_and_a_publish_span_linking
         assert sp.context.trace_id == int(TRACE, 16)
         assert sp.parent is not None and sp.parent.span_id == int(SPAN, 16)
     assert [link.context.span_id for link in publish.links] == [c.context.span_id for c in creates]
-    by_id = {(c.attributes or {})["messaging.message.id"]: c for c in creates}
+    by_id = {str((c.attributes or {})["messaging.message.id"]): c for c in creates}
     assert sorted(by_id) == sorted(ids)
     events = await history(hub, head)
     for event in events:
@@ -188,7 +188,7 @@ async def test_the_published_log_line_carries_the_publish_spans_ids(
 
 async def subscribe_first_event(hub: Hub, resume_from: str = "") -> hub_pb2.Event:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{hub.grpc_port}") as channel:
-        call = hub_pb2_grpc.HubStub(channel).Subscribe(
+        call = hub_pb2_grpc.HubStub(channel).Subscribe(  # type: ignore[no-untyped-call]
             hub_pb2.SubscribeRequest(topics=["user"], resume_from=resume_from)
         )
         async with asyncio.timeout(20):
