@@ -51,6 +51,8 @@ class HubCollector(Collector):
             value=fanout.topic_count())
         yield GaugeMetricFamily(
             "cachewire_hub_ready", "1 when the broker works", value=int(broker.ready()))
+        if self._hub._ingest is not None:  # Plasma's Redis channels (hub/ingest.py)
+            yield from self._hub._ingest.metrics()
 
 
 def make_registry(hub: Hub) -> CollectorRegistry:

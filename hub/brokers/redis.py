@@ -108,6 +108,25 @@ def next_delay(attempt: int, base: float, cap: float, rng: random.Random) -> flo
     return float(ceiling / 2 + rng.uniform(0, ceiling / 2))
 
 
+def lost_after(pos: Position, info: dict[str, Any]) -> bool:
+    """Whether entries after `pos` were trimmed or deleted, from XINFO STREAM (Redis ≥ 7).
+
+    Trimming does not move max-deleted-entry-id; it removes the oldest entries. When some
+    were removed and `pos` is older than the first entry left, what followed `pos` may be
+    gone: say so (needlessly only when `pos` was exactly the last entry trimmed).
+    """
+    def sid(value: Any) -> Position:
+        return (parse_stream_id(str(value)) if value else None) or (0, 0)
+
+    if sid(info.get("max-deleted-entry-id")) > pos:
+        return True
+    removed = int(info.get("entries-added", 0)) > int(info["length"])
+    first = info.get("first-entry")
+    if not removed or pos >= sid(info["last-generated-id"]):
+        return False
+    return first is None or pos < sid(first[0])
+
+
 def entry_fields(draft: Draft) -> list[str]:
     """A draft → the field/value pairs of its stream entry (empty optional fields left out)."""
     fields = ["type", draft.type, "data", draft.data_json, "published_at", repr(draft.published_at)]
@@ -137,14 +156,27 @@ def event_from_entry(epoch: str, entry_id: str, fields: dict[str, str]) -> Event
     )
 
 
-def connect(url: str, *, timeout: float | None, retries: int) -> aioredis.Redis:
-    """A client from a redis://, rediss:// or unix:// URL (password, db, TLS options in it)."""
+def connect(url: str, *, retries: int, decode: bool = True) -> aioredis.Redis:
+    """A client from a redis://, rediss:// or unix:// URL (password, db, TLS options in it).
+
+    No socket_timeout: with one, redis-py sends through asyncio.wait_for, which on Python
+    3.11 can swallow a task's cancellation. Callers bound each call with `asyncio.timeout`.
+    """
     return aioredis.from_url(
-        url, decode_responses=True, socket_timeout=timeout,
+        url, decode_responses=decode, socket_timeout=None,
         socket_connect_timeout=CONNECT_TIMEOUT,
         # Retry only failures to reach Redis, never a command that may have been applied.
         retry=Retry(NoBackoff(), retries, supported_errors=(RedisConnectionError,)),
     )
+
+
+async def cancel_and_wait(task: asyncio.Task[None]) -> None:
+    """Cancel a task and wait for it, cancelling again if a cancellation was swallowed."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=1.0)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 class LinkState:
@@ -190,9 +222,8 @@ class RedisBroker:
         self._link = LinkState("redis broker")
         self._dispatch: Dispatch | None = None
         self._task: asyncio.Task[None] | None = None
-        self._writer = connect(self._url, timeout=COMMAND_TIMEOUT, retries=1)
-        # The reader blocks in XREAD for BLOCK_MS: its socket timeout must be longer.
-        self._reader = connect(self._url, timeout=BLOCK_MS / 1000 + COMMAND_TIMEOUT, retries=0)
+        self._writer = connect(self._url, retries=1)
+        self._reader = connect(self._url, retries=0)
         self._publish_script = self._writer.register_script(PUBLISH_LUA)
         self._ensure_script = self._writer.register_script(ENSURE_LUA)
 
@@ -204,7 +235,8 @@ class RedisBroker:
         attempt = 0
         while True:
             try:
-                await self._sync()
+                async with asyncio.timeout(COMMAND_TIMEOUT):
+                    await self._sync()
                 break
             except (RedisError, OSError) as exc:
                 self._link.set_down(exc)
@@ -217,9 +249,7 @@ class RedisBroker:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         self._dispatch = None
         self._link.up.clear()
         await self._reader.aclose()
@@ -230,7 +260,7 @@ class RedisBroker:
             keys=[self.stream, self.epoch_key], args=[secrets.token_hex(4)])
         epoch, created = str(reply[0]), bool(reply[1])
         if created:
-            log.warning("redis stream epoch created", extra={
+            log.info("redis stream epoch created", extra={
                 "stream": self.stream, "epoch": epoch, "previous": self.epoch or None})
         self._write_epoch = epoch
         return epoch
@@ -260,14 +290,17 @@ class RedisBroker:
         while True:
             try:
                 if not self._link.up.is_set():
-                    await self._sync()
+                    async with asyncio.timeout(COMMAND_TIMEOUT):
+                        await self._sync()
                     self._link.set_up()
                     attempt = 0
-                reply: Any = await self._reader.xread(
-                    {self.stream: self._last}, count=READ_COUNT, block=BLOCK_MS)
+                async with asyncio.timeout(BLOCK_MS / 1000 + COMMAND_TIMEOUT):
+                    reply: Any = await self._reader.xread(
+                        {self.stream: self._last}, count=READ_COUNT, block=BLOCK_MS)
                 if reply:
                     self._handle(reply[0][1])
-                await self._refresh_length()
+                async with asyncio.timeout(COMMAND_TIMEOUT):
+                    await self._refresh_length()
             except (RedisError, OSError) as exc:
                 self._link.set_down(exc)
                 await asyncio.sleep(next_delay(attempt, BACKOFF_BASE, BACKOFF_CAP, self._rng))
@@ -315,12 +348,14 @@ class RedisBroker:
         try:
             for _ in range(3):
                 epoch = self._write_epoch
-                reply = await self._publish_script(
-                    keys=[self.stream, self.epoch_key], args=[epoch, *args])
+                async with asyncio.timeout(COMMAND_TIMEOUT):
+                    reply = await self._publish_script(
+                        keys=[self.stream, self.epoch_key], args=[epoch, *args])
                 if reply[0] == 1:
                     return [Event.from_draft(d, f"{epoch}-{i}", parse_stream_id(i) or (0, 0))
                             for d, i in zip(drafts, reply[1:], strict=True)]
-                await self._ensure_epoch()  # the stream was lost or replaced: adopt its epoch
+                async with asyncio.timeout(COMMAND_TIMEOUT):
+                    await self._ensure_epoch()  # the stream was lost or replaced: adopt it
         except (RedisError, OSError) as exc:
             log.debug("publish failed", extra={"error": repr(exc)})
             raise Unavailable(f"redis is unavailable, nothing was published: {exc}") from None
@@ -342,7 +377,8 @@ class RedisBroker:
             if pos > self._last_pos and not await self._catch_up(pos):
                 return Replay(reset="unknown_id", detail=f"event id {after_id!r} is in the future")
             head = self._last
-            async with self._reader.pipeline(transaction=True) as pipe:
+            async with asyncio.timeout(COMMAND_TIMEOUT), \
+                    self._reader.pipeline(transaction=True) as pipe:
                 pipe.xrange(self.stream, "(" + stream_id(pos), head)
                 pipe.xinfo_stream(self.stream)
                 entries, info = await pipe.execute()
@@ -351,8 +387,7 @@ class RedisBroker:
                           detail=f"the history cannot be read now: {exc}")
         if epoch != self.epoch:  # the stream was replaced while we waited
             return Replay(reset="epoch_changed", detail=f"epoch {epoch!r} is not {self.epoch!r}")
-        deleted = parse_stream_id(str(info["max-deleted-entry-id"])) or (0, 0)
-        if deleted > pos:
+        if lost_after(pos, info):
             return Replay(reset="history_expired", detail=f"event id {after_id!r} left history")
         events = []
         for entry_id, fields in entries:
@@ -363,7 +398,8 @@ class RedisBroker:
 
     async def _catch_up(self, pos: Position) -> bool:
         """An id ahead of this replica's reader: wait for it if Redis has it already."""
-        info = await self._reader.xinfo_stream(self.stream)
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            info = await self._reader.xinfo_stream(self.stream)
         if pos > (parse_stream_id(str(info["last-generated-id"])) or (0, 0)):
             return False
         deadline = time.monotonic() + REPLAY_WAIT

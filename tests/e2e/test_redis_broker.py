@@ -1,0 +1,164 @@
+"""RedisBroker in-process against a real redis-server: ids, dispatch, replay, resets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from hub.brokers.redis import RedisBroker
+from hub.errors import Unavailable
+from hub.events import Draft, Event
+from hub.settings import HubSettings
+from tests.servers import Proc
+
+WAIT = 30.0
+
+
+class Dispatched:
+    """The dispatch callback: records events, and lets a test wait for a given id."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, events: Sequence[Event]) -> None:
+        self.events.extend(events)
+        self._changed.set()
+
+    async def wait_for(self, event_id: str) -> None:
+        async def seen() -> None:
+            while event_id not in [e.id for e in self.events]:
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(seen(), WAIT)
+
+
+BrokerFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def broker(redis_server: Proc) -> AsyncIterator[BrokerFactory]:
+    started: list[RedisBroker] = []
+
+    async def make(**overrides: Any) -> tuple[RedisBroker, Dispatched]:
+        settings = HubSettings(broker="redis",
+                               redis_url=f"redis://127.0.0.1:{redis_server.port}/0", **overrides)
+        b, seen = RedisBroker(settings), Dispatched()
+        await b.start(seen)
+        started.append(b)
+        return b, seen
+
+    yield make
+    for b in started:
+        await b.stop()
+
+
+def drafts(*types: str) -> list[Draft]:
+    return [Draft(t, f'"{t}"') for t in types]
+
+
+async def test_a_batch_gets_consecutive_ids_and_is_dispatched_once_in_order(
+        broker: BrokerFactory) -> None:
+    """Publish does not dispatch itself; the reader dispatches every entry, in order."""
+    b, seen = await broker()
+    assert b.head_id() == f"{b.epoch}-0-0"
+    events = await b.publish([Draft("a:b", '{"x":1}', ("k1",), ("p:",), True,
+                                    "00-" + "1" * 32 + "-" + "2" * 16 + "-01", "v=1"),
+                              *drafts("a", "c")])
+    ids = [e.id for e in events]
+    assert all(i.startswith(b.epoch + "-") for i in ids)
+    assert [e.pos for e in events] == sorted(e.pos for e in events)
+    assert events[1].pos[0] == events[0].pos[0] or events[1].pos > events[0].pos
+    await seen.wait_for(ids[-1])
+    assert [e.id for e in seen.events] == ids
+    first = seen.events[0]
+    assert (first.type, first.data_json, first.keys, first.prefixes, first.flush) == (
+        "a:b", '{"x":1}', ("k1",), ("p:",), True)
+    assert first.traceparent.startswith("00-111") and first.tracestate == "v=1"
+    assert first.published_at == events[0].published_at
+    assert b.head_id() == ids[-1] and b.position(ids[-1]) == events[-1].pos
+
+
+async def test_two_brokers_on_one_stream_see_the_same_events(broker: BrokerFactory) -> None:
+    a, seen_a = await broker()
+    b, seen_b = await broker()
+    assert a.epoch == b.epoch
+    ids = [e.id for e in await a.publish(drafts("x", "y"))]
+    ids += [e.id for e in await b.publish(drafts("z"))]
+    await seen_a.wait_for(ids[-1])
+    await seen_b.wait_for(ids[-1])
+    assert [e.id for e in seen_a.events] == [e.id for e in seen_b.events] == ids
+
+
+async def test_replay_returns_exactly_the_events_after_the_id(broker: BrokerFactory) -> None:
+    b, seen = await broker()
+    ids = [e.id for e in await b.publish(drafts("a", "b", "c", "d"))]
+    await seen.wait_for(ids[-1])
+    replay = await b.replay(ids[1])
+    assert replay.reset is None
+    assert [e.id for e in replay.events] == ids[2:]
+    assert [e.type for e in replay.events] == ["c", "d"]
+    assert (await b.replay(ids[-1])).events == []
+    start = await b.replay(f"{b.epoch}-0-0")
+    assert [e.id for e in start.events] == ids
+
+
+@pytest.mark.parametrize("bad", ["", "nonsense", "abc-1", "abc-1-x", "e-²-1", "e--1-1"])
+async def test_malformed_ids_get_unknown_id(broker: BrokerFactory, bad: str) -> None:
+    b, _ = await broker()
+    replay = await b.replay(bad)
+    assert replay.reset == "unknown_id" and not replay.events
+    assert b.position(bad) is None
+
+
+async def test_other_epoch_and_future_ids_get_a_reset(broker: BrokerFactory) -> None:
+    b, seen = await broker()
+    ids = [e.id for e in await b.publish(drafts("a"))]
+    await seen.wait_for(ids[0])
+    assert (await b.replay("deadbeef-1-0")).reset == "epoch_changed"
+    assert b.position("deadbeef-1-0") is None
+    future = await b.replay(f"{b.epoch}-99999999999999-0")
+    assert future.reset == "unknown_id" and "future" in future.detail
+
+
+async def test_trimmed_history_gives_history_expired(broker: BrokerFactory) -> None:
+    """MAXLEN ~ trims whole macro nodes (100 entries): publish well past it."""
+    b, seen = await broker(history=10)
+    ids = [e.id for e in await b.publish(drafts(*(f"t:{i}" for i in range(300))))]
+    await seen.wait_for(ids[-1])
+    assert (await b.replay(ids[0])).reset == "history_expired"
+    kept = await b.replay(ids[-3])
+    assert kept.reset is None and [e.id for e in kept.events] == ids[-2:]
+    assert b.history_size() <= 300
+
+
+async def test_a_lost_stream_gets_a_new_epoch(broker: BrokerFactory, redis_server: Proc) -> None:
+    """FLUSHALL while connected: the next publish writes a new epoch; old ids reset."""
+    b, seen = await broker()
+    old = (await b.publish(drafts("a")))[0].id
+    await seen.wait_for(old)
+    client = aioredis.from_url(f"redis://127.0.0.1:{redis_server.port}/0")
+    await client.flushall()
+    await client.aclose()
+    new = (await b.publish(drafts("b")))[0].id
+    await seen.wait_for(new)
+    assert new.split("-")[0] != old.split("-")[0]
+    assert b.head_id() == new
+    assert (await b.replay(old)).reset == "epoch_changed"
+    assert [e.id for e in seen.events] == [old, new]
+
+
+async def test_publish_while_redis_is_down_raises_unavailable(
+        broker: BrokerFactory, redis_server: Proc) -> None:
+    b, _ = await broker()
+    redis_server.kill()
+    with pytest.raises(Unavailable, match="redis is unavailable"):
+        await b.publish(drafts("a"))
+    replay = await b.replay(b.head_id())
+    assert replay.reset == "history_expired" and "redis" in replay.detail
+    assert not b.ready()
