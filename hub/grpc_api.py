@@ -162,7 +162,12 @@ def batch_message(encoded_events: list[bytes]) -> bytes:
 
 
 class SubscribeSink:
-    """The fan-out sink of one Subscribe stream (kind "grpc")."""
+    """The fan-out sink of one Subscribe stream (kind "grpc").
+
+    A heartbeat is queued behind every event dispatched before it, so it promises: every
+    matching event up to high_water_id is ahead of me on this stream. Hence none is sent
+    before `go_live` (while a resume's replay is still being fetched).
+    """
 
     kind = "grpc"
 
@@ -170,6 +175,7 @@ class SubscribeSink:
         self.outbox = Outbox(queue_size)
         self._encode = encode
         self._heartbeat: bytes | None = None  # the heartbeat queued last, if still queued
+        self._live = False
         self._slow = False
 
     def send(self, event: Event) -> bool:
@@ -193,7 +199,14 @@ class SubscribeSink:
             ).SerializeToString()
         )
 
+    def go_live(self, head_id: str) -> None:
+        """Called once any replay is queued: the first heartbeat says "subscribed"."""
+        self._live = True
+        self.heartbeat(head_id)
+
     def heartbeat(self, head_id: str) -> None:
+        if not self._live:
+            return
         message = hub_pb2.SubscribeResponse(
             heartbeat=hub_pb2.Heartbeat(high_water_id=head_id, sent_at_unix_micros=now_micros())
         ).SerializeToString()
@@ -306,8 +319,7 @@ class HubService:
         try:
             sub = await fanout.subscribe(topics, sink, request.resume_from or None)
             if not sub.closed:
-                # Live now, after any replay: tells the client so, with the high-water id.
-                sink.heartbeat(fanout.last_id)
+                sink.go_live(fanout.last_id)
             async for message in sink.messages():
                 if not await write(context, message):
                     return

@@ -106,6 +106,7 @@ def test_outbox_bounds_events_but_not_control_messages() -> None:
 
 async def test_writer_batches_consecutive_events_and_keeps_order_with_controls() -> None:
     sink = SubscribeSink(queue_size=10_000, encode=event_message)
+    sink.go_live("e-0")
     for n in range(1, MAX_BATCH + 3):
         assert sink.send(event(n))
     sink.heartbeat("e-1002")
@@ -113,11 +114,11 @@ async def test_writer_batches_consecutive_events_and_keeps_order_with_controls()
     sink.close()
     messages = await drain_until_end(sink)
     kinds = [m.WhichOneof("message") for m in messages]
-    assert kinds == ["events", "events", "heartbeat", "events"]
-    assert len(messages[0].events.events) == MAX_BATCH
+    assert kinds == ["heartbeat", "events", "events", "heartbeat", "events"]
+    assert len(messages[1].events.events) == MAX_BATCH
     ids = [e.id for m in messages if m.HasField("events") for e in m.events.events]
     assert ids == [f"e-{n}" for n in range(1, 1004)]
-    assert messages[2].heartbeat.high_water_id == "e-1002"
+    assert messages[3].heartbeat.high_water_id == "e-1002"
 
 
 async def drain_until_end(sink: SubscribeSink) -> list[hub_pb2.SubscribeResponse]:
@@ -129,9 +130,20 @@ async def drain_until_end(sink: SubscribeSink) -> list[hub_pb2.SubscribeResponse
     return out
 
 
+async def test_no_heartbeat_before_the_subscription_is_live() -> None:
+    """While a resume's replay is fetched, a heartbeat would overtake the replayed events."""
+    sink = SubscribeSink(queue_size=10, encode=event_message)
+    sink.heartbeat("e-5")  # the hub's timer fires during the replay
+    sink.send_replay([event(4), event(5)])
+    sink.go_live("e-5")
+    sink.close()
+    messages = await drain_until_end(sink)
+    assert [m.WhichOneof("message") for m in messages] == ["events", "heartbeat"]
+
+
 async def test_unread_heartbeats_are_replaced_not_piled_up() -> None:
     sink = SubscribeSink(queue_size=10, encode=event_message)
-    sink.heartbeat("e-1")
+    sink.go_live("e-1")
     sink.heartbeat("e-2")
     sink.send(event(3))
     sink.heartbeat("e-3")
