@@ -206,6 +206,7 @@ def main() -> None:
     parser.add_argument("--exporter", choices=("otlp", "console"), default="otlp")
     parser.add_argument("--markdown", action="store_true", help="print a RESULTS.md section")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     results = asyncio.run(bench(args))
     table = report(results, args)
     if args.markdown:
@@ -213,7 +214,9 @@ def main() -> None:
         print(
             f"\n### {time.strftime('%Y-%m-%d')}, {platform.node() or 'host'}: "
             f"{os.cpu_count()} cores, {platform.python_implementation()} "
-            f"{platform.python_version()}\n\n`.venv/bin/python bench/tracing_bench.py {argv}`\n"
+            f"{platform.python_version()}, load average before/after "
+            f"{load_before:.1f}/{os.getloadavg()[0]:.1f} (a machine shared with other test runs)"
+            f"\n\n`.venv/bin/python bench/tracing_bench.py {argv}`\n"
         )
     print(table)
 
