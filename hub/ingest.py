@@ -103,7 +103,7 @@ class ChannelIngest:
         self._client = connect(s.redis_url, retries=0, decode=False)
         self._acquire = self._client.register_script(ACQUIRE_LUA)
         self._release = self._client.register_script(RELEASE_LUA)
-        self._link = LinkState("channel ingest")
+        self._link = LinkState("channel ingest", log)
         self._rng = random.Random()
         self._task: asyncio.Task[None] | None = None
 

@@ -182,21 +182,22 @@ async def cancel_and_wait(task: asyncio.Task[None]) -> None:
 class LinkState:
     """Up/down of a Redis link, logged once per change rather than once per attempt."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, logger: logging.Logger = log) -> None:
         self.what = what
+        self._log = logger
         self.up = asyncio.Event()
         self._down_logged = False
 
     def set_up(self) -> None:
         if not self.up.is_set() and self._down_logged:
-            log.info(f"{self.what}: redis is reachable again")
+            self._log.info(f"{self.what}: redis is reachable again")
         self._down_logged = False
         self.up.set()
 
     def set_down(self, exc: BaseException) -> None:
         self.up.clear()
         if not self._down_logged:
-            log.warning(f"{self.what}: redis unavailable, retrying with backoff",
+            self._log.warning(f"{self.what}: redis unavailable, retrying with backoff",
                         extra={"error": f"{type(exc).__name__}: {exc}"})
             self._down_logged = True
 

@@ -49,13 +49,14 @@ class Sse:
             self.headers["Last-Event-ID"] = last_id
         self.frames: asyncio.Queue[Frame] = asyncio.Queue()
         self._session: aiohttp.ClientSession | None = None
+        self._resp: aiohttp.ClientResponse | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Sse:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
-        resp = await self._session.get(self.url, headers=self.headers)
-        assert resp.status == 200, await resp.text()
-        self._task = asyncio.create_task(self._pump(resp))
+        self._resp = await self._session.get(self.url, headers=self.headers)
+        assert self._resp.status == 200, await self._resp.text()
+        self._task = asyncio.create_task(self._pump(self._resp))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -66,6 +67,8 @@ class Sse:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._resp is not None:
+            self._resp.close()
         if self._session is not None:
             await self._session.close()
 

@@ -1,0 +1,91 @@
+"""Redis killed and restarted under running `cachewire-hub` processes."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+
+from tests.e2e.test_redis_helpers import Sse, eventually, get, http, publish
+from tests.servers import Proc, start_redis
+
+
+async def ready(hub: Proc) -> bool:
+    return (await get(hub, "/readyz"))[0] == 200
+
+
+async def not_ready(hub: Proc) -> bool:
+    return (await get(hub, "/readyz"))[0] == 503
+
+
+def restart_redis(procs: list[Proc], port: int, persist_dir: Path | None = None) -> Proc:
+    redis = start_redis(port, persist_dir=persist_dir)
+    procs.append(redis)
+    return redis
+
+
+async def test_redis_down_gives_503_and_a_kept_stream_loses_nothing(
+        tmp_path: Path, procs: list[Proc], hub_process: Callable[..., Proc]) -> None:
+    """appendonly Redis SIGKILLed and restarted: acknowledged events survive; a replica that
+    was away while others published reads on from its last id; resume works."""
+    redis = restart_redis(procs, 0, tmp_path)
+    url = f"redis://127.0.0.1:{redis.port}/0"
+    a = hub_process("--broker", "redis", "--redis-url", url)
+    b = hub_process("--broker", "redis", "--redis-url", url)
+    async with Sse(a, "x") as sub:
+        start = await sub.position()
+        e1 = await publish(b, [{"type": "x:1"}])
+        assert (await sub.next()).id == e1[0]
+
+        redis.kill()
+        await eventually(lambda: not_ready(a), "hub A /readyz 503")
+        await eventually(lambda: not_ready(b), "hub B /readyz 503")
+        async with aiohttp.ClientSession() as session, session.post(
+                f"{http(b)}/v1/publish", json={"type": "x:lost"}) as resp:
+            assert resp.status == 503
+            body = await resp.json()
+            assert body["status"] == 503 and "redis is unavailable" in body["error"]
+        assert (await get(a, "/healthz"))[0] == 200  # alive, keeping its clients
+
+        a.signal(signal.SIGSTOP)  # A stays away while B publishes after the restart
+        try:
+            restart_redis(procs, redis.port, tmp_path)
+            await eventually(lambda: ready(b), "hub B ready again")
+            e2 = await publish(b, [{"type": "x:2"}, {"type": "x:3"}])
+        finally:
+            a.signal(signal.SIGCONT)
+        await eventually(lambda: ready(a), "hub A ready again")
+        assert [f.id for f in await sub.events(2)] == e2  # same stream: nothing missed
+        e4 = await publish(a, [{"type": "x:4"}])
+        assert (await sub.next()).id == e4[0]
+    assert e1[0].split("-")[0] == e2[0].split("-")[0] == e4[0].split("-")[0]  # same epoch
+    async with Sse(b, "x", last_id=start) as resumed:
+        assert [f.id for f in await resumed.events(4)] == [*e1, *e2, *e4]
+    assert a.popen.poll() is None and b.popen.poll() is None
+    assert a.log().count("redis unavailable") <= 2  # one line per state change, not per try
+
+
+async def test_redis_restarted_without_persistence_gives_epoch_changed(
+        procs: list[Proc], hub_process: Callable[..., Proc]) -> None:
+    """The stream is gone: a new epoch; live subscribers continue, old ids get a reset."""
+    redis = restart_redis(procs, 0)
+    hub = hub_process("--broker", "redis", "--redis-url", f"redis://127.0.0.1:{redis.port}/0")
+    async with Sse(hub, "y") as sub:
+        await sub.position()
+        old = (await publish(hub, [{"type": "y:1"}]))[0]
+        assert (await sub.next()).id == old
+        redis.kill()
+        await eventually(lambda: not_ready(hub), "/readyz 503")
+        restart_redis(procs, redis.port)
+        await eventually(lambda: ready(hub), "/readyz 200 again")
+        new = (await publish(hub, [{"type": "y:2"}]))[0]
+        assert new.split("-")[0] != old.split("-")[0]
+        assert (await sub.next()).id == new
+    async with Sse(hub, "y", last_id=old) as resumed:
+        reset = await resumed.next()
+        assert reset.type == "cachewire:reset"
+        assert reset.data["data"]["reason"] == "epoch_changed"
+        assert reset.id == new  # delivery continues after the new head
+    assert "redis stream was lost" in hub.log()
