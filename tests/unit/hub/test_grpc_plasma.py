@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -194,3 +195,19 @@ async def test_a_resume_that_cannot_be_served_sends_a_reset_payload(
         assert json.loads(reset.data)["reason"] == "epoch_changed"
         assert reset.id == hub.broker.head_id()
         client.call.cancel()
+
+
+async def test_a_client_that_cancels_is_unsubscribed_without_error_logs(
+    hub: Hub, channel: grpc.aio.Channel, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    client = PlasmaClient(channel)
+    client.subscribe("a")
+    await hub.fanout.wait_subscribers(1, "grpc_plasma")
+    client.call.cancel()
+    deadline = time.monotonic() + TIMEOUT
+    while hub.fanout.count("grpc_plasma") and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)  # polls the fact: the stream's finally has run
+    assert hub.fanout.count("grpc_plasma") == 0
+    assert any(r.getMessage() == "grpc plasma stream closed" for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]

@@ -264,3 +264,16 @@ def test_too_many_keys_is_too_large() -> None:
         drafts_from_request(
             publish_request(hub_pb2.EventInput(type="a", keys=["1", "2", "3"])), {}, max_keys=2
         )
+
+
+async def test_a_slow_plasma_client_gets_the_reset_then_unavailable() -> None:
+    sink = PlasmaSink(queue_size=1, encode=payload_message)
+    assert sink.send(event(1))
+    assert not sink.send(event(2))
+    sink.reset("slow_consumer", "fell behind", "e-2")
+    sink.close()
+    out = []
+    with pytest.raises(Unavailable, match="fell behind its queue of 1 events; reconnect"):
+        async for raw in sink.messages():
+            out.append(plasma_pb2.Payload.FromString(raw))
+    assert [p.eventType.type for p in out] == ["cachewire:reset"]
