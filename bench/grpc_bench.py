@@ -307,9 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--latency-events", type=int, default=100, help="paced events for the latency measurement"
     )
-    parser.add_argument(
-        "--rate", type=float, default=20.0, help="events/s while measuring latency"
-    )
+    parser.add_argument("--rate", type=float, default=20.0, help="events/s while measuring latency")
     args: Any = parser.parse_args(argv)
     asyncio.run(main_async(args))
 
