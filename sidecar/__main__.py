@@ -14,12 +14,13 @@ from collections.abc import Sequence
 
 from sidecar import logs
 from sidecar.errors import ConfigError
-from sidecar.server import Sidecar
 from sidecar.settings import SidecarSettings, parse
 from sidecar.sinks.base import SinkError
 
 
 async def serve(settings: SidecarSettings) -> None:
+    from sidecar.server import Sidecar  # after parsing: a bad flag is reported at once
+
     sidecar = Sidecar(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

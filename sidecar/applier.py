@@ -172,6 +172,7 @@ class Applier:
             "the sidecar started: what it missed before is unknown",
         )
         self._closing = False
+        self._draining = False
         self._tasks: list[asyncio.Task[None]] = []
         self.metrics.watch(
             lambda: (self.connected, self.caught_up(), {s.name: len(s.pending) for s in self.slots})
@@ -186,10 +187,14 @@ class Applier:
 
     async def stop(self, grace: float) -> None:
         """Apply what is pending within `grace`; the operation in flight always completes."""
+        self._draining = True  # no more events come: batches need not wait to fill
+        for slot in self.slots:
+            slot.wake.set()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 await self.changed.wait_for(lambda: all(s.idle for s in self.slots))
         self._closing = True
+        self.changed.notify()
         for slot in self.slots:
             slot.wake.set()
         self._tasks[-1].cancel()  # the staleness watch; sink workers end after their operation
@@ -424,7 +429,7 @@ class Applier:
                     self.batch_size,
                     self.batch_delay,
                 )
-                if due > 0:
+                if due > 0 and not self._draining:
                     await slot.wait(due)
                 else:
                     await self._apply(slot, list(islice(slot.pending, self.batch_size)))

@@ -19,6 +19,7 @@ class MemorySink:
         self.log: list[str] = []  # "apply:<ids>" / "flush:<cause>", in order
         self.failing = False
         self.gate: asyncio.Event | None = None  # when set, apply waits for it
+        self.entered = asyncio.Event()  # set when an apply begins
         self.calls = 0
         self.started = self.closed = False
 
@@ -27,6 +28,7 @@ class MemorySink:
 
     async def apply(self, batch: Sequence[Invalidation]) -> None:
         self.calls += 1
+        self.entered.set()
         if self.gate is not None:
             await self.gate.wait()
         if self.failing:
