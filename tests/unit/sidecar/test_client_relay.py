@@ -7,6 +7,8 @@ channel in its thread. Every wait is on a fact (an id applied, a counter), bound
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -17,6 +19,7 @@ import pytest
 from sidecar.client import Invalidator
 from sidecar.sinks.base import Invalidation
 from sidecar.sinks.local import RelaySink
+from tests.servers import ROOT, free_port
 
 WAIT = 10.0
 Factory = Callable[..., Awaitable[Invalidator]]
@@ -248,8 +251,6 @@ def test_bad_arguments_fail_at_construction() -> None:
 
 @pytest.fixture
 def unreachable() -> Iterator[str]:
-    from tests.servers import free_port
-
     yield f"127.0.0.1:{free_port()}"
 
 
@@ -262,3 +263,16 @@ async def test_an_unreachable_target_keeps_retrying_without_storing(unreachable:
         assert not client.connected
         assert client.guard.get_or_load("k", lambda: 1) == 1
         assert "k" not in client.cache
+
+
+def test_the_client_and_the_relay_never_import_the_hub() -> None:
+    """App processes import sidecar.client alone: no hub code comes with it."""
+    code = (
+        "import sys, sidecar.client, sidecar.sinks.local\n"
+        "bad = sorted(m for m in sys.modules if m == 'hub' or m.startswith('hub.'))\n"
+        "assert not bad, bad\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
