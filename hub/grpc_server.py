@@ -35,12 +35,15 @@ PLASMA_SERVICE = plasma_pb2.DESCRIPTOR.services_by_name["StreamService"].full_na
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # How often health Watch streams learn that the broker went down or came back.
 HEALTH_POLL = 1.0
-# Keepalive: find dead peers of idle streams (Plasma relies on TCP alone).
+# Keepalive (gRPC core's doc/keepalive.md): ping idle connections to find dead peers of
+# idle streams (Plasma relied on TCP alone), with no cap on pings while no data flows; and
+# accept client pings as often as every 10 s, also on connections without calls.
 SERVER_OPTIONS = (
     ("grpc.so_reuseport", 0),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
 )
 
