@@ -52,7 +52,7 @@ class Event:
     traceparent: str = ""
     tracestate: str = ""
     published_at: float = 0.0
-    _sse: bytes | None = None
+    _sse: bytes | None = None  # the SSE frame as one HTTP/1.1 chunk, encoded once
 
     @classmethod
     def from_draft(cls, draft: Draft, id: str, pos: Position) -> Event:
@@ -80,11 +80,23 @@ class Event:
             meta["flush"] = True
         return f'{{"meta":{_dumps(meta)},"data":{self.data_json}}}'
 
+    def sse_chunk(self) -> bytes:
+        """The SSE frame as one HTTP/1.1 chunk: encoded once, the same bytes for every
+        subscriber, written as is (the hot path allocates nothing per subscriber)."""
+        wire = self._sse
+        if wire is None:
+            wire = self._sse = as_chunk(f"id: {self.id}\ndata: {self.plasma_json()}\n\n".encode())
+        return wire
+
     def sse_frame(self) -> bytes:
-        """The SSE frame, encoded once and shared by every subscriber."""
-        if self._sse is None:
-            self._sse = f"id: {self.id}\ndata: {self.plasma_json()}\n\n".encode()
-        return self._sse
+        """The bare SSE frame (for HTTP/1.0 clients, which get no chunked encoding)."""
+        wire = self.sse_chunk()
+        return wire[wire.index(b"\r\n") + 2 : -2]
+
+
+def as_chunk(data: bytes) -> bytes:
+    """`data` as one chunk of HTTP/1.1 chunked transfer encoding."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
 
 
 def _dumps(value: Any) -> str:

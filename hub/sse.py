@@ -1,10 +1,11 @@
 """Server-Sent Events, Plasma-compatible: GET /?eventType=a,b:c.
 
 Delivery does no per-event work per subscriber beyond appending a reference: each event's
-frame is encoded once (`Event.sse_frame`), a subscriber collects the shared frames of one
-loop iteration, and the `Flusher` writes them to its transport in one write (one HTTP
-chunk). A subscriber whose socket does not drain keeps frames pending; past its queue
-size it is reset and dropped, alone.
+frame is encoded once, as one HTTP/1.1 chunk (`Event.sse_chunk`); a subscriber collects the
+shared chunks of one loop iteration, and the `Flusher` writes them to its transport in one
+write (the shared bytes themselves when there is one). A subscriber whose socket does not
+drain keeps frames pending; past its queue size it is reset and dropped, alone, and a
+client that does not read its last bytes within the grace period is cut.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from aiohttp import web
 
 from hub.brokers.base import ResetReason
 from hub.errors import HubError, InvalidInput
-from hub.events import RESET_TYPE, Event, parse_topics
+from hub.events import RESET_TYPE, Event, as_chunk, parse_topics
 
 if TYPE_CHECKING:
     from hub.server import Hub
@@ -90,16 +91,29 @@ class SseSink:
         self._events_pending = 0
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
+    # Whenever `_pending` is not empty the sink is marked dirty or stalled, so a send that
+    # finds frames pending appends and returns: per delivery, one reference appended.
+
     def send(self, event: Event) -> bool:
-        self._pending.append(event.sse_frame())
+        pending = self._pending
+        pending.append(event.sse_chunk() if self._chunked else event.sse_frame())
         self._events_pending += 1
         if self._events_pending > self._queue_size:
             return False
-        self._flusher.mark(self)
+        if len(pending) == 1:
+            self._flusher.mark(self)
         return True
 
     def send_replay(self, events: list[Event]) -> None:
-        self._pending.extend(e.sse_frame() for e in events)
+        if self._chunked:
+            self._pending.extend(e.sse_chunk() for e in events)
+        else:
+            self._pending.extend(e.sse_frame() for e in events)
+        self._flusher.mark(self)
+
+    def send_frame(self, frame: bytes) -> None:
+        """A frame of the hub's own (position, reset, heartbeat)."""
+        self._pending.append(as_chunk(frame) if self._chunked else frame)
         self._flusher.mark(self)
 
     def reset(self, reason: ResetReason, detail: str, resume_from: str) -> None:
@@ -108,15 +122,13 @@ class SseSink:
             # the last event it really received and a reconnect replays from there.
             self._pending.clear()
             self._events_pending = 0
-        self._pending.append(
+        self.send_frame(
             reset_frame(reason, detail, None if reason == "slow_consumer" else resume_from)
         )
-        self._flusher.mark(self)
 
     def heartbeat(self, head_id: str) -> None:
         if not self._pending:  # pending frames keep the stream alive already
-            self._pending.append(HEARTBEAT)
-            self._flusher.mark(self)
+            self.send_frame(HEARTBEAT)
 
     def close(self) -> None:
         self.flush(force=True)
@@ -130,18 +142,21 @@ class SseSink:
 
     def flush(self, force: bool = False) -> bool:
         """Write what is pending; False when the socket is backed up (try again later)."""
-        if not self._pending or self._transport.is_closing():
-            self._pending.clear()
+        pending = self._pending
+        if not pending:
             return True
-        if not force and self._transport.get_write_buffer_size() > TRANSPORT_LIMIT:
+        transport = self._transport
+        if transport.is_closing():
+            pending.clear()
+            self._events_pending = 0
+            return True
+        if not force and transport.get_write_buffer_size() > TRANSPORT_LIMIT:
             return False
-        data = b"".join(self._pending)
-        self._pending.clear()
+        # One event: its shared bytes as they are. A burst: one write of all its chunks.
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
         self._events_pending = 0
-        if self._chunked:
-            self._transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
-        else:
-            self._transport.write(data)
+        transport.write(data)
         return True
 
 
@@ -201,8 +216,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     sink = SseSink(response, request, chunked, flusher, settings.queue_size)
     if last_id is None:
         # An id-only frame dispatches nothing but gives the client a position to resume from.
-        sink._pending.append(f"id: {fanout.last_id}\n\n".encode())
-        flusher.mark(sink)
+        sink.send_frame(f"id: {fanout.last_id}\n\n".encode())
     peer = request.remote
     started = time.monotonic()
     log.info(

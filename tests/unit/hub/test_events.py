@@ -82,9 +82,12 @@ def test_unicode_is_sent_as_utf8_not_escaped() -> None:
     assert "日本".encode() in event("a", "日本").sse_frame()
 
 
-def test_sse_frame_is_encoded_once() -> None:
-    ev = event()
-    assert ev.sse_frame() is ev.sse_frame()
+def test_sse_chunk_is_encoded_once_and_wraps_the_frame() -> None:
+    """Every subscriber is written the same bytes object: one HTTP/1.1 chunk per event."""
+    ev = event("a", "x")
+    assert ev.sse_chunk() is ev.sse_chunk()
+    frame = ev.sse_frame()
+    assert ev.sse_chunk() == b"%x\r\n%b\r\n" % (len(frame), frame)
 
 
 @pytest.mark.parametrize(

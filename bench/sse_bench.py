@@ -1,0 +1,396 @@
+"""SSE fan-out: deliveries/s, publish→receive latency, loss, memory and CPU per delivery.
+
+Starts `cachewire-hub` (memory broker, pinned to core 0 with taskset when there are two
+cores or more) and, pinned to the other core, a lean load generator: W reader processes
+that hold the SSE connections with raw non-blocking sockets and epoll (no asyncio, no HTTP
+library), and this process publishing one event per HTTP POST over keep-alive sockets.
+
+Each event's data is "<seq>:<publish time ns>". A reader does not parse frames: per read it
+counts `\\ndata: ` (one per event) and takes the publish time of the read's first event,
+the oldest: that latency is charged to every event of the read, so p50/p99 are upper
+bounds, and include the reader's own scheduling on a shared core.
+
+Per scenario it prints deliveries/s (from the first publish to the last delivery), latency
+p50/p99, lost deliveries (expected minus counted), hub CPU per delivery (utime+stime from
+/proc/PID/stat over the publishing phase, divided by deliveries) and hub RSS per idle SSE
+connection (VmRSS from /proc/PID/status before and after connecting the subscribers).
+
+    .venv/bin/python bench/sse_bench.py                  # every scenario, about 2-4 minutes
+    .venv/bin/python bench/sse_bench.py --only 1000x1@100 --readers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+HUB_CORE, LOAD_CORE = 0, 1
+SETTLE_TIMEOUT = 60.0  # seconds to wait for the last deliveries after the last publish
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    subscribers: int
+    topics: int  # 1: everyone on one topic; = subscribers: one topic each
+    events: int
+    rate: float | None  # events/s, or None: as fast as the hub acknowledges
+
+
+SCENARIOS = (
+    Scenario("1000x1@100", 1000, 1, 1000, 100.0),
+    Scenario("5000x1@20", 5000, 1, 200, 20.0),
+    Scenario("100x1@max", 100, 1, 5000, None),
+    Scenario("1000x1@max", 1000, 1, 500, None),
+    Scenario("5000x1@max", 5000, 1, 100, None),
+    Scenario("1000x1000@max", 1000, 1000, 5000, None),
+    Scenario("5000x5000@max", 5000, 5000, 10000, None),
+)
+
+
+# --- the hub process ---
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pinned() -> bool:
+    return (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+
+
+@contextmanager
+def hub_process(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    exe = str(Path(sys.executable).parent / "cachewire-hub")
+    argv = [exe, "--http-port", str(port), "--grpc-port", "off", "--log-level", "warning"]
+    if pinned():
+        argv = ["taskset", "-c", str(HUB_CORE), *argv]
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            deadline = time.monotonic() + 60
+            while not http_ok(f"http://127.0.0.1:{port}/readyz"):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise RuntimeError(f"cachewire-hub did not start:\n{log.read().decode()}")
+                time.sleep(0.05)
+            yield proc
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def sse_connections(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics/plasma", timeout=10) as r:
+        return int(json.loads(r.read())["connections_sse"])
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --- readers: worker processes holding SSE connections ---
+
+
+def reader_main(pipe: Connection, port: int) -> None:
+    """Serve commands: ("connect", [paths]), ("stats",), ("stop",)."""
+    if pinned():
+        os.sched_setaffinity(0, {LOAD_CORE})
+    ep = select.epoll()
+    socks: dict[int, socket.socket] = {}
+    counts: dict[int, int] = {}
+    tails: dict[int, bytes] = {}
+    latencies: list[tuple[int, int]] = []  # (ns, events) per read
+    last_ns = 0
+    closed = 0
+    while True:
+        if pipe.poll():
+            cmd = pipe.recv()
+            if cmd[0] == "connect":
+                for path in cmd[1]:
+                    s = socket.create_connection(("127.0.0.1", port))
+                    s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+                    s.setblocking(False)
+                    socks[s.fileno()] = s
+                    counts[s.fileno()] = 0
+                    tails[s.fileno()] = b""
+                    ep.register(s.fileno(), select.EPOLLIN)
+                pipe.send(len(socks))
+            elif cmd[0] == "stats":
+                pipe.send((sum(counts.values()), last_ns, closed))
+            elif cmd[0] == "report":
+                pipe.send((sorted(counts.values()), latencies, last_ns, closed))
+                latencies = []
+            elif cmd[0] == "stop":
+                for s in socks.values():
+                    s.close()
+                pipe.send(True)
+                return
+        for fd, _ in ep.poll(0.01):
+            try:
+                data = socks[fd].recv(1 << 18)
+            except BlockingIOError:
+                continue
+            if not data:
+                ep.unregister(fd)
+                closed += 1
+                continue
+            now = time.time_ns()
+            # A pattern split between two reads is found in tail + data (the 6-byte tail
+            # cannot hold the 7-byte pattern, so nothing counts twice).
+            joined = tails[fd] + data
+            n = joined.count(b"\ndata: ")
+            tails[fd] = data[-6:]
+            if not n:
+                continue
+            counts[fd] += n
+            last_ns = now
+            i = joined.find(b'"data":"')
+            if i >= 0:
+                j = joined.find(b'"', i + 8)
+                seq_ts = joined[i + 8 : j].split(b":")
+                if j > 0 and len(seq_ts) == 2:
+                    latencies.append((now - int(seq_ts[1]), n))
+
+
+class Readers:
+    def __init__(self, port: int, workers: int) -> None:
+        ctx = mp.get_context("fork")
+        self.pipes: list[Connection] = []
+        self.procs = []
+        for _ in range(workers):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=reader_main, args=(child, port), daemon=True)
+            proc.start()
+            self.pipes.append(parent)
+            self.procs.append(proc)
+
+    def connect(self, paths: Sequence[str]) -> None:
+        for i, pipe in enumerate(self.pipes):
+            pipe.send(("connect", list(paths[i :: len(self.pipes)])))
+        for pipe in self.pipes:
+            pipe.recv()
+
+    def ask(self, cmd: str) -> list[Any]:
+        for pipe in self.pipes:
+            pipe.send((cmd,))
+        return [pipe.recv() for pipe in self.pipes]
+
+    def stop(self) -> None:
+        self.ask("stop")
+        for proc in self.procs:
+            proc.join(10)
+
+
+# --- the publisher: one event per POST, on keep-alive sockets ---
+
+
+class Publisher:
+    def __init__(self, port: int, sockets: int) -> None:
+        self.socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(sockets)]
+
+    def send(self, s: socket.socket, event_type: str, seq: int) -> None:
+        body = b'{"type":"%s","data":"%d:%d"}' % (event_type.encode(), seq, time.time_ns())
+        s.sendall(
+            b"POST /v1/publish HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+
+    @staticmethod
+    def answer(s: socket.socket) -> None:
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += s.recv(4096)
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"publish failed: {buf[:300]!r}")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(rest) < length:
+            rest += s.recv(4096)
+
+    def run(self, scenario: Scenario) -> float:
+        """Publish the scenario's events; the time of the first publish."""
+        first = time.monotonic()
+        seq = 0
+        if scenario.rate is not None:
+            s = self.socks[0]
+            for seq in range(scenario.events):
+                due = first + seq / scenario.rate
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                self.send(s, topic(seq % scenario.topics), seq)
+                self.answer(s)
+            return first
+        while seq < scenario.events:
+            batch = self.socks[: scenario.events - seq]
+            for s in batch:  # one request in flight per socket
+                self.send(s, topic(seq % scenario.topics), seq)
+                seq += 1
+            for s in batch:
+                self.answer(s)
+        return first
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
+
+
+def topic(i: int) -> str:
+    return f"bench:{i}"
+
+
+# --- one scenario ---
+
+
+def percentile(samples: list[tuple[int, int]], q: float) -> float:
+    """Weighted percentile of (value ns, weight) samples, in milliseconds."""
+    if not samples:
+        return float("nan")
+    samples.sort()
+    total = sum(w for _, w in samples)
+    target, seen = q * total, 0
+    for value, weight in samples:
+        seen += weight
+        if seen >= target:
+            return value / 1e6
+    return samples[-1][0] / 1e6
+
+
+def run(scenario: Scenario, readers_n: int, publishers: int) -> dict[str, Any]:
+    port = free_port()
+    with hub_process(port) as hub:
+        readers = Readers(port, readers_n)
+        try:
+            rss_before = rss_kib(hub.pid)
+            paths = [
+                f"/?eventType={topic(i % scenario.topics)}" for i in range(scenario.subscribers)
+            ]
+            readers.connect(paths)
+            deadline = time.monotonic() + 120
+            while sse_connections(port) < scenario.subscribers:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("subscribers did not all connect")
+                time.sleep(0.1)
+            time.sleep(1.0)  # let the connections' first frames flush before measuring RSS
+            rss_after = rss_kib(hub.pid)
+
+            publisher = Publisher(port, publishers)
+            cpu0 = cpu_seconds(hub.pid)
+            first = publisher.run(scenario)
+            published_at = time.monotonic()
+            expected = scenario.events * scenario.subscribers // scenario.topics
+            settle = time.monotonic() + SETTLE_TIMEOUT
+            got, last_progress = 0, time.monotonic()
+            while got < expected and time.monotonic() < settle:
+                now_got = sum(r[0] for r in readers.ask("stats"))
+                if now_got > got:
+                    got, last_progress = now_got, time.monotonic()
+                elif time.monotonic() - last_progress > 10:
+                    break  # no progress for 10 s: count the rest as lost
+                time.sleep(0.05)
+            cpu1 = cpu_seconds(hub.pid)
+            publisher.close()
+            reports = readers.ask("report")
+        finally:
+            readers.stop()
+    counts = [c for r in reports for c in r[0]]
+    latencies = [s for r in reports for s in r[1]]
+    last_ns = max(r[2] for r in reports)
+    delivered = sum(counts)
+    # Wall clock of the last delivery, mapped from time_ns to monotonic via "now".
+    elapsed = max(1e-9, (last_ns / 1e9 - time.time()) + time.monotonic() - first)
+    return {
+        "scenario": scenario.name,
+        "subscribers": scenario.subscribers,
+        "topics": scenario.topics,
+        "events": scenario.events,
+        "rate": scenario.rate,
+        "publish_s": published_at - first,
+        "elapsed_s": elapsed,
+        "deliveries": delivered,
+        "lost": expected - delivered,
+        "deliveries_per_s": delivered / elapsed,
+        "p50_ms": percentile(latencies, 0.50),
+        "p99_ms": percentile(latencies, 0.99),
+        "cpu_us_per_delivery": (cpu1 - cpu0) / max(1, delivered) * 1e6,
+        "hub_cpu_s": cpu1 - cpu0,
+        "rss_kib_per_conn": (rss_after - rss_before) / scenario.subscribers,
+    }
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    python = sys.version.split()[0]
+    return f"{os.cpu_count()} cores ({model}), Linux {platform.release()}, Python {python}"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", nargs="*", help="scenario names (default: all)")
+    parser.add_argument("--readers", type=int, default=2, help="reader processes")
+    parser.add_argument("--publishers", type=int, default=4, help="POSTs in flight at max rate")
+    args = parser.parse_args(argv)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 5,000 sockets and more
+    scenarios = [s for s in SCENARIOS if not args.only or s.name in args.only]
+    print(f"# {machine()}; hub pinned: {pinned()}; {time.strftime('%Y-%m-%d')}")
+    print(
+        "| scenario | subs | topics | events | rate ev/s | deliveries/s | p50 ms | p99 ms "
+        "| lost | hub CPU µs/delivery | hub RSS KiB/idle conn |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for scenario in scenarios:
+        r = run(scenario, args.readers, args.publishers)
+        rate = f"{r['rate']:g}" if r["rate"] else "max"
+        print(
+            f"| {r['scenario']} | {r['subscribers']} | {r['topics']} | {r['events']} | {rate} "
+            f"| {r['deliveries_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
+            f"| {r['lost']} | {r['cpu_us_per_delivery']:.2f} | {r['rss_kib_per_conn']:.1f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
