@@ -12,7 +12,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from sidecar import logs
+from sidecar import logs, telemetry
 from sidecar.errors import ConfigError
 from sidecar.settings import SidecarSettings, parse
 from sidecar.sinks.base import SinkError
@@ -40,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"cachewire-sidecar: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     logs.setup(settings.log_level)
+    telemetry.setup()  # tracing from OTEL_* (off unless configured)
     try:
         asyncio.run(serve(settings))
     except ConfigError as exc:
@@ -48,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (OSError, SinkError) as exc:  # e.g. the health or relay port is taken
         print(f"cachewire-sidecar: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    finally:
+        telemetry.flush()  # the spans still buffered
 
 
 if __name__ == "__main__":

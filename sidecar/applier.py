@@ -28,6 +28,11 @@ from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Any, Literal
 
+from cachewire import telemetry as ct
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from sidecar import telemetry
 from sidecar.errors import InvalidInput
 from sidecar.metrics import Metrics
 from sidecar.positions import Epochs, Pos, parse_id
@@ -101,6 +106,7 @@ class Item:
     inv: Invalidation
     pos: Pos | None
     arrived: float
+    span: trace.SpanContext | None = None  # the receive span, when tracing is on
 
 
 class Slot:
@@ -230,8 +236,8 @@ class Applier:
     def on_events(self, invs: Sequence[Invalidation]) -> None:
         self._contact()
         now = self.clock()
+        self.metrics.events.inc(len(invs))
         for inv in invs:
-            self.metrics.events.inc()
             pos = parse_id(inv.id)
             if pos is None:
                 log.warning(
@@ -367,6 +373,9 @@ class Applier:
         slot.wake.set()
 
     def _enqueue(self, inv: Invalidation, pos: Pos | None, now: float) -> None:
+        span = None
+        if ct.tracer() is not None:
+            span = trace.get_current_span().get_span_context()
         for slot in self.slots:
             item_inv = inv
             if inv.flush:
@@ -388,7 +397,7 @@ class Applier:
                         "sink over --max-pending with flush off: dropping the oldest",
                         extra={"sink": slot.name, "max_pending": self.max_pending},
                     )
-            slot.pending.append(Item(item_inv, pos, now))
+            slot.pending.append(Item(item_inv, pos, now, span))
             slot.wake.set()
 
     def _contact(self) -> None:
@@ -435,13 +444,22 @@ class Applier:
                     await self._apply(slot, list(islice(slot.pending, self.batch_size)))
 
     async def _apply(self, slot: Slot, batch: list[Item]) -> None:
+        invs = [item.inv for item in batch]
         slot.busy = True
+        token = None
+        if batch[0].span is not None and batch[0].span.is_valid:  # a child of its receive span
+            parent = trace.set_span_in_context(trace.NonRecordingSpan(batch[0].span))
+            token = otel_context.attach(parent)
         try:
-            await slot.sink.apply([item.inv for item in batch])
+            with telemetry.apply_span(slot.name, invs):
+                await slot.sink.apply(invs)
         except Exception as exc:
             slot.busy = False
             await self._failed(slot, "apply", exc)
             return
+        finally:
+            if token is not None:
+                otel_context.detach(token)
         slot.busy = False
         members = {id(item) for item in batch}
         while slot.pending and id(slot.pending[0]) in members:
@@ -450,11 +468,7 @@ class Applier:
             if item.pos is not None:
                 slot.applied = item.pos
                 break
-        now = time.time()
-        lag = self.metrics.lag.labels(slot.name)
-        for item in batch:
-            if item.inv.published_at > 0:
-                lag.observe(max(0.0, now - item.inv.published_at))
+        self.metrics.lag.observe(slot.name, invs)
         self.metrics.applied.labels(slot.name).inc(len(batch))
         self.metrics.batches.labels(slot.name).inc()
         self._succeeded(slot)
@@ -464,7 +478,8 @@ class Applier:
         assert cause is not None
         slot.busy = True
         try:
-            await slot.sink.flush(f"{cause}: {slot.flush_detail}")
+            with telemetry.flush_span(slot.name, cause):
+                await slot.sink.flush(f"{cause}: {slot.flush_detail}")
         except Exception as exc:
             slot.busy = False
             await self._failed(slot, "flush", exc)

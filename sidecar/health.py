@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from cachewire.telemetry import exposition
 
 from sidecar.errors import InvalidInput, SidecarError
 
@@ -81,8 +81,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    output = generate_latest(request.app[SIDECAR].metrics.registry)
-    return web.Response(body=output, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    """Prometheus text, or OpenMetrics (with the lag's trace exemplars) when asked for."""
+    registry = request.app[SIDECAR].metrics.registry
+    body, content_type = exposition(registry, request.headers.get("Accept", ""))
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 async def status(request: web.Request) -> web.Response:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+from sidecar.telemetry import ApplyLag
 
 
 class _Gauges(Collector):
@@ -55,13 +55,8 @@ class Metrics:
         self.batches = Counter(
             "cachewire_sidecar_batches", "Batches applied, per sink", ["sink"], registry=r
         )
-        self.lag = Histogram(
-            "cachewire_sidecar_lag_seconds",
-            "From the hub receiving an event to a sink confirming it",
-            ["sink"],
-            buckets=LAG_BUCKETS,
-            registry=r,
-        )
+        # cachewire_sidecar_apply_lag_seconds{sink}: hub receive → confirmed, trace exemplars
+        self.lag = ApplyLag(r)
         self.reconnects = Counter(
             "cachewire_sidecar_reconnects", "Subscriptions to the hub after the first", registry=r
         )

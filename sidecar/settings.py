@@ -370,7 +370,14 @@ def settings_table() -> str:
     ]
     for opt in OPTIONS:
         default = defaults[opt.field]
-        shown = ",".join(default) if isinstance(default, tuple) else default
+        if isinstance(default, bool):
+            shown = "true" if default else "false"
+        elif default is None:
+            shown = "off"
+        else:
+            shown = ",".join(default) if isinstance(default, tuple) else str(default)
         flag = f"--[no-]{opt.key}" if opt.boolean else opt.flag
-        rows.append(f"| `{flag}` | `{opt.env}` | `{opt.key}` | `{shown}` | {opt.help} |")
+        shown = f"`{shown}`" if shown else "—"
+        key = "—" if opt.field == "config" else f"`{opt.key}`"
+        rows.append(f"| `{flag}` | `{opt.env}` | {key} | {shown} | {opt.help} |")
     return "\n".join(rows)

@@ -22,6 +22,7 @@ from typing import Protocol
 import grpc
 from cachewire.v1 import hub_pb2, hub_pb2_grpc
 
+from sidecar import telemetry
 from sidecar._backoff import next_delay
 from sidecar.sinks.base import Invalidation
 
@@ -155,7 +156,9 @@ class StreamClient:
     def _handle(self, message: hub_pb2.SubscribeResponse) -> None:
         kind = message.WhichOneof("message")
         if kind == "events":
-            self.listener.on_events([to_invalidation(e) for e in message.events.events])
+            invs = [to_invalidation(e) for e in message.events.events]
+            with telemetry.receive_span(invs):  # the applier remembers it as the apply's parent
+                self.listener.on_events(invs)
         elif kind == "heartbeat":
             self.listener.on_heartbeat(message.heartbeat.high_water_id)
         elif kind == "reset":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -30,6 +31,7 @@ log = logging.getLogger("cachewire.sidecar.memcached")
 
 MAX_KEY_BYTES = 250
 CHUNK = 1000  # keys per pipelined write: replies (≤ 11 bytes each) fit socket buffers
+_BAD_BYTE = re.compile(rb"[\x00-\x20\x7f]")  # whitespace and control characters
 
 
 def key_problem(key: str) -> str | None:
@@ -37,7 +39,7 @@ def key_problem(key: str) -> str | None:
     raw = key.encode()
     if len(raw) > MAX_KEY_BYTES:
         return "too_long"
-    if any(b <= 32 or b == 127 for b in raw):
+    if _BAD_BYTE.search(raw):
         return "whitespace_or_control"
     return None
 

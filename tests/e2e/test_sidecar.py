@@ -196,7 +196,7 @@ def test_publish_invalidates_memcached_redis_and_app_cache(
         assert dict(app_cache) == {"user:7": "v"}
     r.close()
     assert metric(sc, "cachewire_sidecar_applied_total", sink="memcached") >= 1
-    assert metric(sc, "cachewire_sidecar_lag_seconds_count", sink="redis") >= 1
+    assert metric(sc, "cachewire_sidecar_apply_lag_seconds_count", sink="redis") >= 1
     body = status(sc)
     assert body["connected"] is True and body["last_event_id"] == event_id
     assert set(body["sinks"]) == {"memcached", "redis", "relay"}

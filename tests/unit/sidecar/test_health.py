@@ -126,7 +126,7 @@ async def test_metrics_exposition(sidecar: Sidecar, http: aiohttp.ClientSession)
         'cachewire_sidecar_applied_total{sink="a"} 1.0',
         'cachewire_sidecar_pending{sink="b"} 0.0',
         "cachewire_sidecar_connected 1.0",
-        'cachewire_sidecar_lag_seconds_count{sink="a"} 1.0',
+        'cachewire_sidecar_apply_lag_seconds_count{sink="a"} 1.0',
         "cachewire_sidecar_reconnects_total 0.0",
     ]:
         assert line in text
