@@ -40,6 +40,7 @@ from hub.brokers.redis import (
     LinkState,
     cancel_and_wait,
     connect,
+    follow_master,
     next_delay,
 )
 from hub.errors import InvalidInput, TooLarge
@@ -84,9 +85,14 @@ def draft_from_message(raw: bytes | str, *, max_keys: int, max_bytes: int) -> Dr
         data_json = json.dumps(body.get("data"), ensure_ascii=False, separators=(",", ":"))
     except RecursionError:
         raise InvalidInput("data is nested too deeply") from None
-    return make_draft(type=meta["type"], data_json=data_json, keys=meta.get("keys"),
-                      prefixes=meta.get("prefixes"), flush=meta.get("flush", False),
-                      max_keys=max_keys)
+    return make_draft(
+        type=meta["type"],
+        data_json=data_json,
+        keys=meta.get("keys"),
+        prefixes=meta.get("prefixes"),
+        flush=meta.get("flush", False),
+        max_keys=max_keys,
+    )
 
 
 class ChannelIngest:
@@ -138,8 +144,10 @@ class ChannelIngest:
 
     async def _take_lease(self) -> bool:
         async with asyncio.timeout(COMMAND_TIMEOUT):
-            return bool(await self._acquire(
-                keys=[self.lease_key], args=[self.token, self.lease_ms]))
+            await follow_master(self._client)
+            return bool(
+                await self._acquire(keys=[self.lease_key], args=[self.token, self.lease_ms])
+            )
 
     async def _wait_for_lease(self) -> None:
         while not await self._take_lease():
@@ -157,17 +165,23 @@ class ChannelIngest:
                 await pubsub.subscribe(*self.channels)
             self._link.set_up()
             self.leader = True
-            log.info("ingesting redis channels", extra={
-                "channels": list(self.channels),
-                "lease": self.lease_key if self.exclusive else None})
+            log.info(
+                "ingesting redis channels",
+                extra={
+                    "channels": list(self.channels),
+                    "lease": self.lease_key if self.exclusive else None,
+                },
+            )
             while True:
                 timeout = max(0.0, next_renew - time.monotonic()) if self.exclusive else 5.0
                 message = await pubsub.get_message(timeout=timeout)
                 now = time.monotonic()
                 if self.exclusive and (now >= next_renew or (message and now >= valid_until)):
                     if not await self._take_lease():
-                        log.warning("channel ingest lease lost to another replica",
-                                    extra={"lease": self.lease_key})
+                        log.warning(
+                            "channel ingest lease lost to another replica",
+                            extra={"lease": self.lease_key},
+                        )
                         return
                     valid_until, next_renew = now + self.lease_ms / 1000, now + renew_every
                 if message is not None:
@@ -186,37 +200,51 @@ class ChannelIngest:
         drafts = []
         for message in messages:
             try:
-                drafts.append(draft_from_message(
-                    message["data"], max_keys=s.max_keys, max_bytes=s.max_body))
+                drafts.append(
+                    draft_from_message(message["data"], max_keys=s.max_keys, max_bytes=s.max_body)
+                )
             except InvalidInput as exc:
                 self.counts["malformed"] += 1
-                log.warning("malformed channel message ignored", extra={
-                    "channel": _text(message.get("channel")), "error": str(exc),
-                    "bytes": len(message["data"])})
-                log.debug("malformed channel message", extra={
-                    "payload": _text(message["data"])[:200]})
+                log.warning(
+                    "malformed channel message ignored",
+                    extra={
+                        "channel": _text(message.get("channel")),
+                        "error": str(exc),
+                        "bytes": len(message["data"]),
+                    },
+                )
+                log.debug(
+                    "malformed channel message", extra={"payload": _text(message["data"])[:200]}
+                )
         if not drafts:
             return
         try:
             await self._hub.broker.publish(drafts)
         except Exception as exc:  # Unavailable, or a bug: log it, never stop ingesting
             self.counts["failed"] += len(drafts)
-            log.error("channel messages lost: the broker did not take them", extra={
-                "count": len(drafts), "types": sorted({d.type for d in drafts})[:10],
-                "error": str(exc)})
+            log.error(
+                "channel messages lost: the broker did not take them",
+                extra={
+                    "count": len(drafts),
+                    "types": sorted({d.type for d in drafts})[:10],
+                    "error": str(exc),
+                },
+            )
             return
         self.counts["ingested"] += len(drafts)
 
     def metrics(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
-            "cachewire_hub_ingest_messages", "Redis channel messages, by result",
-            labels=["result"])
+            "cachewire_hub_ingest_messages", "Redis channel messages, by result", labels=["result"]
+        )
         for result, count in self.counts.items():
             family.add_metric([result], count)
         yield family
         yield GaugeMetricFamily(
             "cachewire_hub_ingest_leader",
-            "1 while this replica is subscribed to the Plasma channels", value=int(self.leader))
+            "1 while this replica is subscribed to the Plasma channels",
+            value=int(self.leader),
+        )
 
 
 def _text(value: Any) -> str:

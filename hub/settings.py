@@ -108,9 +108,9 @@ def _csv(text: str) -> tuple[str, ...]:
 
 
 def _redis_url(text: str) -> str:
-    if not text.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError("must start with redis://, rediss:// or unix://")
-    return text
+    from hub.brokers.redis import check_url  # here: that module imports this one
+
+    return check_url(text)
 
 
 def _query_name(text: str) -> str:
@@ -149,7 +149,8 @@ OPTIONS: tuple[Option, ...] = (
            ("CACHEWIRE_GRACE",), _non_negative),
     Option("broker", "--broker", "memory (embedded) or redis (Redis Streams, for replicas)",
            ("CACHEWIRE_BROKER", "PLASMA_SUBSCRIBER_TYPE"), _broker),
-    Option("redis_url", "--redis-url", "Redis URL (redis://, rediss://, unix://)",
+    Option("redis_url", "--redis-url",
+           "Redis URL (redis://, rediss://, unix://, redis+sentinel://; see docs/scale-out.md)",
            ("CACHEWIRE_REDIS_URL",), _redis_url),
     Option("redis_stream", "--redis-stream", "Redis stream key holding the event history",
            ("CACHEWIRE_REDIS_STREAM",)),

@@ -23,10 +23,14 @@ import re
 import secrets
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -86,13 +90,13 @@ _STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 
 
 def parse_stream_id(text: str) -> Position | None:
-    """"<ms>-<seq>" → (ms, seq), or None."""
+    """Parse a stream id "<ms>-<seq>" into (ms, seq); None when malformed."""
     match = _STREAM_ID.fullmatch(text)
     return None if match is None else (int(match[1]), int(match[2]))
 
 
 def parse_event_id(event_id: str) -> tuple[str, Position] | None:
-    """"<epoch>-<ms>-<seq>" → (epoch, (ms, seq)), or None when malformed."""
+    """Parse an event id "<epoch>-<ms>-<seq>" into (epoch, (ms, seq)); None when malformed."""
     epoch, sep, rest = event_id.partition("-")
     pos = parse_stream_id(rest) if sep and epoch else None
     return None if pos is None else (epoch, pos)
@@ -115,6 +119,7 @@ def lost_after(pos: Position, info: dict[str, Any]) -> bool:
     were removed and `pos` is older than the first entry left, what followed `pos` may be
     gone: say so (needlessly only when `pos` was exactly the last entry trimmed).
     """
+
     def sid(value: Any) -> Position:
         return (parse_stream_id(str(value)) if value else None) or (0, 0)
 
@@ -148,26 +153,117 @@ def event_from_entry(epoch: str, entry_id: str, fields: dict[str, str]) -> Event
         raise ValueError(f"bad entry id {entry_id!r}")
     epoch = fields.get("epoch", epoch)
     return Event(
-        f"{epoch}-{entry_id}", pos, fields["type"], fields.get("data", "null"),
+        f"{epoch}-{entry_id}",
+        pos,
+        fields["type"],
+        fields.get("data", "null"),
         tuple(json.loads(fields["keys"])) if "keys" in fields else (),
         tuple(json.loads(fields["prefixes"])) if "prefixes" in fields else (),
-        fields.get("flush") == "1", fields.get("traceparent", ""),
-        fields.get("tracestate", ""), float(fields.get("published_at", "0")),
+        fields.get("flush") == "1",
+        fields.get("traceparent", ""),
+        fields.get("tracestate", ""),
+        float(fields.get("published_at", "0")),
     )
 
 
+SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    """redis+sentinel://[[user]:password@]host[:port][,host[:port]…]/service[/db]"""
+
+    sentinels: list[tuple[str, int]]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_password: str | None = None
+    ssl: bool = False
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelUrl:
+        parts = urlsplit(url)
+        auth, _, hosts = parts.netloc.rpartition("@")
+        user, _, password = auth.partition(":")
+        path = [p for p in parts.path.split("/") if p]
+        if not hosts or not path or len(path) > 2 or not (len(path) == 1 or path[1].isdigit()):
+            raise ValueError(
+                "a sentinel URL is redis+sentinel://host:port[,host:port]/service[/db]"
+            )
+        sentinels = []
+        for host in hosts.split(","):
+            name, _, port = host.partition(":")
+            sentinels.append((name, int(port or 26379)))
+        query = parse_qs(parts.query)
+        return cls(
+            sentinels,
+            unquote(path[0]),
+            int(path[1]) if len(path) == 2 else 0,
+            unquote(user) or None,
+            unquote(password) or None,
+            query["sentinel_password"][0] if "sentinel_password" in query else None,
+            url.startswith("rediss+"),
+        )
+
+
+def check_url(url: str) -> str:
+    """The URL if redis-py can use it, else ValueError saying why (for --redis-url)."""
+    if url.startswith(SENTINEL_SCHEMES):
+        SentinelUrl.parse(url)
+    elif url.startswith(("redis://", "rediss://", "unix://")):
+        parse_url(url)
+        db = "" if url.startswith("unix://") else urlsplit(url).path.strip("/")
+        if db and not re.fullmatch(r"[0-9]{1,5}", db):
+            raise ValueError(f"the database number {db!r} is not a number")
+    else:
+        raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
+    return url
+
+
 def connect(url: str, *, retries: int, decode: bool = True) -> aioredis.Redis:
-    """A client from a redis://, rediss:// or unix:// URL (password, db, TLS options in it).
+    """A client from a redis://, rediss:// or unix:// URL (password, db, TLS options in it),
+    or from a redis+sentinel:// URL naming the sentinels and the service.
 
     No socket_timeout: with one, redis-py sends through asyncio.wait_for, which on Python
     3.11 can swallow a task's cancellation. Callers bound each call with `asyncio.timeout`.
     """
-    return aioredis.from_url(
-        url, decode_responses=decode, socket_timeout=None,
-        socket_connect_timeout=CONNECT_TIMEOUT,
+    options: dict[str, Any] = {
+        "decode_responses": decode,
+        "socket_timeout": None,
+        "socket_connect_timeout": CONNECT_TIMEOUT,
         # Retry only failures to reach Redis, never a command that may have been applied.
-        retry=Retry(NoBackoff(), retries, supported_errors=(RedisConnectionError,)),
+        "retry": Retry(NoBackoff(), retries, supported_errors=(RedisConnectionError,)),
+    }
+    if not url.startswith(SENTINEL_SCHEMES):
+        return aioredis.from_url(url, **options)
+    sentinel = SentinelUrl.parse(url)
+    sentinel_kwargs: dict[str, Any] = {"socket_connect_timeout": CONNECT_TIMEOUT}
+    if sentinel.ssl:
+        sentinel_kwargs["ssl"] = options["ssl"] = True
+    if sentinel.sentinel_password:
+        sentinel_kwargs["password"] = sentinel.sentinel_password
+    sentinels = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        sentinel.sentinels, sentinel_kwargs=sentinel_kwargs
     )
+    client: aioredis.Redis = sentinels.master_for(
+        sentinel.service,
+        db=sentinel.db,
+        username=sentinel.username,
+        password=sentinel.password,
+        **options,
+    )
+    return client
+
+
+async def follow_master(client: aioredis.Redis) -> None:
+    """With Sentinel, ask where the master is now; if it moved, idle connections to the old
+    one are closed. redis-py asks only when it connects, so after a failover a pool would
+    keep writing to the demoted master (whose writes Redis then discards) for as long as
+    the sentinels take to reconfigure it, ten seconds or more."""
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        await pool.get_master_address()  # type: ignore[no-untyped-call]
 
 
 async def cancel_and_wait(task: asyncio.Task[None]) -> None:
@@ -197,8 +293,10 @@ class LinkState:
     def set_down(self, exc: BaseException) -> None:
         self.up.clear()
         if not self._down_logged:
-            self._log.warning(f"{self.what}: redis unavailable, retrying with backoff",
-                        extra={"error": f"{type(exc).__name__}: {exc}"})
+            self._log.warning(
+                f"{self.what}: redis unavailable, retrying with backoff",
+                extra={"error": f"{type(exc).__name__}: {exc}"},
+            )
             self._down_logged = True
 
 
@@ -218,7 +316,7 @@ class RedisBroker:
         self._last_pos: Position = (0, 0)
         self._dead: set[str] = set()  # epochs replaced while this replica ran
         self._length = 0
-        self._length_at = 0.0
+        self._refreshed_at = 0.0
         self._progress = asyncio.Event()
         self._link = LinkState("redis broker")
         self._dispatch: Dispatch | None = None
@@ -244,8 +342,10 @@ class RedisBroker:
                 await asyncio.sleep(next_delay(attempt, BACKOFF_BASE, BACKOFF_CAP, self._rng))
                 attempt += 1
         self._link.set_up()
-        log.info("redis broker connected", extra={
-            "stream": self.stream, "epoch": self.epoch, "head": self.head_id()})
+        log.info(
+            "redis broker connected",
+            extra={"stream": self.stream, "epoch": self.epoch, "head": self.head_id()},
+        )
         self._task = asyncio.create_task(self._read_loop(), name="redis-reader")
 
     async def stop(self) -> None:
@@ -258,11 +358,14 @@ class RedisBroker:
 
     async def _ensure_epoch(self) -> str:
         reply = await self._ensure_script(
-            keys=[self.stream, self.epoch_key], args=[secrets.token_hex(4)])
+            keys=[self.stream, self.epoch_key], args=[secrets.token_hex(4)]
+        )
         epoch, created = str(reply[0]), bool(reply[1])
         if created:
-            log.info("redis stream epoch created", extra={
-                "stream": self.stream, "epoch": epoch, "previous": self.epoch or None})
+            log.info(
+                "redis stream epoch created",
+                extra={"stream": self.stream, "epoch": epoch, "previous": self.epoch or None},
+            )
         self._write_epoch = epoch
         return epoch
 
@@ -277,9 +380,11 @@ class RedisBroker:
         elif epoch != self.epoch:
             # The stream we read was lost: read the new one from its start, skipping any
             # entries left from epochs already replaced.
-            log.warning("redis stream was lost: events after the last one read may be "
-                        "missing; resumes from older ids get an epoch_changed reset",
-                        extra={"stream": self.stream, "old_epoch": self.epoch, "epoch": epoch})
+            log.warning(
+                "redis stream was lost: events after the last one read may be "
+                "missing; resumes from older ids get an epoch_changed reset",
+                extra={"stream": self.stream, "old_epoch": self.epoch, "epoch": epoch},
+            )
             self._dead.add(self.epoch)
             self._last, self._last_pos = "0-0", (0, 0)
         self.epoch = epoch
@@ -297,11 +402,12 @@ class RedisBroker:
                     attempt = 0
                 async with asyncio.timeout(BLOCK_MS / 1000 + COMMAND_TIMEOUT):
                     reply: Any = await self._reader.xread(
-                        {self.stream: self._last}, count=READ_COUNT, block=BLOCK_MS)
+                        {self.stream: self._last}, count=READ_COUNT, block=BLOCK_MS
+                    )
                 if reply:
                     self._handle(reply[0][1])
                 async with asyncio.timeout(COMMAND_TIMEOUT):
-                    await self._refresh_length()
+                    await self._refresh()
             except (RedisError, OSError) as exc:
                 self._link.set_down(exc)
                 await asyncio.sleep(next_delay(attempt, BACKOFF_BASE, BACKOFF_CAP, self._rng))
@@ -315,29 +421,35 @@ class RedisBroker:
             if epoch in self._dead:
                 continue
             if epoch != self.epoch:
-                log.warning("redis stream epoch changed", extra={
-                    "stream": self.stream, "old_epoch": self.epoch, "epoch": epoch})
+                log.warning(
+                    "redis stream epoch changed",
+                    extra={"stream": self.stream, "old_epoch": self.epoch, "epoch": epoch},
+                )
                 self._dead.add(self.epoch)
                 self.epoch = epoch
             try:
                 event = event_from_entry(epoch, entry_id, fields)
             except (KeyError, ValueError) as exc:
-                log.error("skipped a stream entry that is not a cachewire event",
-                          extra={"stream": self.stream, "entry": entry_id, "error": repr(exc)})
+                log.error(
+                    "skipped a stream entry that is not a cachewire event",
+                    extra={"stream": self.stream, "entry": entry_id, "error": repr(exc)},
+                )
                 continue
             events.append(event)
-            self._last_pos = event.pos
         self._last_pos = parse_stream_id(self._last) or self._last_pos
         if events and self._dispatch is not None:
             self._dispatch(events)
         self._progress.set()
         self._progress = asyncio.Event()
 
-    async def _refresh_length(self) -> None:
+    async def _refresh(self) -> None:
+        """At most once a second: the history size, and where the master is (Sentinel)."""
         now = time.monotonic()
-        if now - self._length_at >= 1.0:
-            self._length_at = now
+        if now - self._refreshed_at >= 1.0:
+            self._refreshed_at = now
             self._length = int(await self._reader.xlen(self.stream))
+            await follow_master(self._writer)
+            await follow_master(self._reader)
 
     # --- the Broker protocol ---
 
@@ -351,10 +463,13 @@ class RedisBroker:
                 epoch = self._write_epoch
                 async with asyncio.timeout(COMMAND_TIMEOUT):
                     reply = await self._publish_script(
-                        keys=[self.stream, self.epoch_key], args=[epoch, *args])
+                        keys=[self.stream, self.epoch_key], args=[epoch, *args]
+                    )
                 if reply[0] == 1:
-                    return [Event.from_draft(d, f"{epoch}-{i}", parse_stream_id(i) or (0, 0))
-                            for d, i in zip(drafts, reply[1:], strict=True)]
+                    return [
+                        Event.from_draft(d, f"{epoch}-{i}", parse_stream_id(i) or (0, 0))
+                        for d, i in zip(drafts, reply[1:], strict=True)
+                    ]
                 async with asyncio.timeout(COMMAND_TIMEOUT):
                     await self._ensure_epoch()  # the stream was lost or replaced: adopt it
         except (RedisError, OSError) as exc:
@@ -365,12 +480,14 @@ class RedisBroker:
     async def replay(self, after_id: str) -> Replay:
         parsed = parse_event_id(after_id)
         if parsed is None:
-            return Replay(reset="unknown_id", detail=f"malformed event id {after_id!r}")
+            return Replay(reset="unknown_id", detail=f"malformed event id {after_id[:80]!r}")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._link.up.wait(), REPLAY_WAIT)
+            async with asyncio.timeout(REPLAY_WAIT):  # not wait_for: see connect()
+                await self._link.up.wait()
         if not self._link.up.is_set():
-            return Replay(reset="history_expired",
-                          detail="redis is unavailable, the history cannot be read")
+            return Replay(
+                reset="history_expired", detail="redis is unavailable, the history cannot be read"
+            )
         epoch, pos = parsed
         if epoch != self.epoch:
             return Replay(reset="epoch_changed", detail=f"epoch {epoch!r} is not {self.epoch!r}")
@@ -378,14 +495,15 @@ class RedisBroker:
             if pos > self._last_pos and not await self._catch_up(pos):
                 return Replay(reset="unknown_id", detail=f"event id {after_id!r} is in the future")
             head = self._last
-            async with asyncio.timeout(COMMAND_TIMEOUT), \
-                    self._reader.pipeline(transaction=True) as pipe:
+            async with (
+                asyncio.timeout(COMMAND_TIMEOUT),
+                self._reader.pipeline(transaction=True) as pipe,
+            ):
                 pipe.xrange(self.stream, "(" + stream_id(pos), head)
                 pipe.xinfo_stream(self.stream)
                 entries, info = await pipe.execute()
         except (RedisError, OSError, Unavailable) as exc:
-            return Replay(reset="history_expired",
-                          detail=f"the history cannot be read now: {exc}")
+            return Replay(reset="history_expired", detail=f"the history cannot be read now: {exc}")
         if epoch != self.epoch:  # the stream was replaced while we waited
             return Replay(reset="epoch_changed", detail=f"epoch {epoch!r} is not {self.epoch!r}")
         if lost_after(pos, info):
@@ -409,7 +527,8 @@ class RedisBroker:
             if remaining <= 0:
                 raise Unavailable("this replica's reader is behind the stream")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._progress.wait()
         return True
 
     def position(self, event_id: str) -> Position | None:

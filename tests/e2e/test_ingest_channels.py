@@ -29,11 +29,12 @@ async def subscribers(client: aioredis.Redis, channel: str) -> int:
 
 
 async def test_a_memory_broker_hub_ingests_plasma_messages_and_counts_malformed_ones(
-        redis_server: Proc, redis_client: aioredis.Redis,
-        hub_process: Callable[..., Proc]) -> None:
+    redis_server: Proc, redis_client: aioredis.Redis, hub_process: Callable[..., Proc]
+) -> None:
     """One hub, embedded broker: messages become events; bad ones are logged and counted."""
-    hub = hub_process("--redis-url", f"redis://127.0.0.1:{redis_server.port}/0",
-                      "--redis-channels", "ch1, ch2")
+    hub = hub_process(
+        "--redis-url", f"redis://127.0.0.1:{redis_server.port}/0", "--redis-channels", "ch1, ch2"
+    )
 
     async def subscribed() -> bool:
         return [await subscribers(redis_client, c) for c in ("ch1", "ch2")] == [1, 1]
@@ -46,17 +47,31 @@ async def test_a_memory_broker_hub_ingests_plasma_messages_and_counts_malformed_
         assert frame.data == {"meta": {"type": "program:1"}, "data": {"views": 3}}
         assert frame.id is not None and frame.id.count("-") == 1  # the memory broker's id
         malformed: list[bytes | str] = [
-            b"not json", b"\xff\xfe\x00", "[]", '{"data":1}', '{"meta":{}}', '{"meta":"x"}',
-            '{"meta":{"type":""}}', '{"meta":{"type":"a::b"}}', '{"meta":{"type":1}}',
-            '{"meta":{"type":"a"},"data":NaN}', '{"meta":{"type":"a","keys":"k"}}',
+            b"not json",
+            b"\xff\xfe\x00",
+            "[]",
+            '{"data":1}',
+            '{"meta":{}}',
+            '{"meta":"x"}',
+            '{"meta":{"type":""}}',
+            '{"meta":{"type":"a::b"}}',
+            '{"meta":{"type":1}}',
+            '{"meta":{"type":"a"},"data":NaN}',
+            '{"meta":{"type":"a","keys":"k"}}',
         ]
         for message in malformed:
             await redis_client.publish("ch2", message)
-        await redis_client.publish("ch2", json.dumps(
-            {"meta": {"type": "program:2", "keys": ["k1"], "flush": True}, "data": None}))
+        await redis_client.publish(
+            "ch2",
+            json.dumps(
+                {"meta": {"type": "program:2", "keys": ["k1"], "flush": True}, "data": None}
+            ),
+        )
         frame = await sub.next()  # nothing came of the malformed ones
-        assert frame.data == {"meta": {"type": "program:2", "keys": ["k1"], "flush": True},
-                              "data": None}
+        assert frame.data == {
+            "meta": {"type": "program:2", "keys": ["k1"], "flush": True},
+            "data": None,
+        }
     result = 'result="malformed"'
     assert await metric(hub, "cachewire_hub_ingest_messages_total", result) == len(malformed)
     assert await metric(hub, "cachewire_hub_ingest_messages_total", 'result="ingested"') == 2
@@ -72,13 +87,24 @@ async def leaders(hubs: list[Proc]) -> list[Proc]:
 
 
 async def test_replicas_ingest_each_message_once_and_hand_the_lease_over(
-        redis_server: Proc, redis_client: aioredis.Redis,
-        hub_process: Callable[..., Proc]) -> None:
+    redis_server: Proc, redis_client: aioredis.Redis, hub_process: Callable[..., Proc]
+) -> None:
     """Three replicas: one holds the lease; SIGKILL it, then SIGTERM the next holder: the
     lease moves on each time and every message still becomes exactly one event."""
     url = f"redis://127.0.0.1:{redis_server.port}/0"
-    hubs = [hub_process("--broker", "redis", "--redis-url", url, "--redis-channels", "plasma",
-                        "--ingest-lease", "1") for _ in range(3)]
+    hubs = [
+        hub_process(
+            "--broker",
+            "redis",
+            "--redis-url",
+            url,
+            "--redis-channels",
+            "plasma",
+            "--ingest-lease",
+            "1",
+        )
+        for _ in range(3)
+    ]
 
     async def one_leader() -> bool:
         return len(await leaders(hubs)) == 1 and await subscribers(redis_client, "plasma") == 1

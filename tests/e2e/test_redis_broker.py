@@ -46,8 +46,9 @@ async def broker(redis_server: Proc) -> AsyncIterator[BrokerFactory]:
     started: list[RedisBroker] = []
 
     async def make(**overrides: Any) -> tuple[RedisBroker, Dispatched]:
-        settings = HubSettings(broker="redis",
-                               redis_url=f"redis://127.0.0.1:{redis_server.port}/0", **overrides)
+        settings = HubSettings(
+            broker="redis", redis_url=f"redis://127.0.0.1:{redis_server.port}/0", **overrides
+        )
         b, seen = RedisBroker(settings), Dispatched()
         await b.start(seen)
         started.append(b)
@@ -63,13 +64,25 @@ def drafts(*types: str) -> list[Draft]:
 
 
 async def test_a_batch_gets_consecutive_ids_and_is_dispatched_once_in_order(
-        broker: BrokerFactory) -> None:
+    broker: BrokerFactory,
+) -> None:
     """Publish does not dispatch itself; the reader dispatches every entry, in order."""
     b, seen = await broker()
     assert b.head_id() == f"{b.epoch}-0-0"
-    events = await b.publish([Draft("a:b", '{"x":1}', ("k1",), ("p:",), True,
-                                    "00-" + "1" * 32 + "-" + "2" * 16 + "-01", "v=1"),
-                              *drafts("a", "c")])
+    events = await b.publish(
+        [
+            Draft(
+                "a:b",
+                '{"x":1}',
+                ("k1",),
+                ("p:",),
+                True,
+                "00-" + "1" * 32 + "-" + "2" * 16 + "-01",
+                "v=1",
+            ),
+            *drafts("a", "c"),
+        ]
+    )
     ids = [e.id for e in events]
     assert all(i.startswith(b.epoch + "-") for i in ids)
     assert [e.pos for e in events] == sorted(e.pos for e in events)
@@ -78,7 +91,12 @@ async def test_a_batch_gets_consecutive_ids_and_is_dispatched_once_in_order(
     assert [e.id for e in seen.events] == ids
     first = seen.events[0]
     assert (first.type, first.data_json, first.keys, first.prefixes, first.flush) == (
-        "a:b", '{"x":1}', ("k1",), ("p:",), True)
+        "a:b",
+        '{"x":1}',
+        ("k1",),
+        ("p:",),
+        True,
+    )
     assert first.traceparent.startswith("00-111") and first.tracestate == "v=1"
     assert first.published_at == events[0].published_at
     assert b.head_id() == ids[-1] and b.position(ids[-1]) == events[-1].pos
@@ -154,7 +172,8 @@ async def test_a_lost_stream_gets_a_new_epoch(broker: BrokerFactory, redis_serve
 
 
 async def test_publish_while_redis_is_down_raises_unavailable(
-        broker: BrokerFactory, redis_server: Proc) -> None:
+    broker: BrokerFactory, redis_server: Proc
+) -> None:
     b, _ = await broker()
     redis_server.kill()
     with pytest.raises(Unavailable, match="redis is unavailable"):

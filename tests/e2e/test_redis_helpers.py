@@ -152,16 +152,17 @@ class GrpcSubscribe:
 
 
 async def publish(proc: Proc, events: list[dict[str, Any]]) -> list[str]:
-    async with aiohttp.ClientSession() as session, \
-            session.post(f"{http(proc)}/v1/publish", json=events) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{http(proc)}/v1/publish", json=events) as resp,
+    ):
         body = await resp.json()
         assert resp.status == 200, body
         return list(body["ids"])
 
 
 async def get(proc: Proc, path: str) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as session, \
-            session.get(f"{http(proc)}{path}") as resp:
+    async with aiohttp.ClientSession() as session, session.get(f"{http(proc)}{path}") as resp:
         if resp.content_type == "application/json":
             return resp.status, await resp.json()
         return resp.status, await resp.text()

@@ -27,7 +27,8 @@ def restart_redis(procs: list[Proc], port: int, persist_dir: Path | None = None)
 
 
 async def test_redis_down_gives_503_and_a_kept_stream_loses_nothing(
-        tmp_path: Path, procs: list[Proc], hub_process: Callable[..., Proc]) -> None:
+    tmp_path: Path, procs: list[Proc], hub_process: Callable[..., Proc]
+) -> None:
     """appendonly Redis SIGKILLed and restarted: acknowledged events survive; a replica that
     was away while others published reads on from its last id; resume works."""
     redis = restart_redis(procs, 0, tmp_path)
@@ -42,8 +43,10 @@ async def test_redis_down_gives_503_and_a_kept_stream_loses_nothing(
         redis.kill()
         await eventually(lambda: not_ready(a), "hub A /readyz 503")
         await eventually(lambda: not_ready(b), "hub B /readyz 503")
-        async with aiohttp.ClientSession() as session, session.post(
-                f"{http(b)}/v1/publish", json={"type": "x:lost"}) as resp:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{http(b)}/v1/publish", json={"type": "x:lost"}) as resp,
+        ):
             assert resp.status == 503
             body = await resp.json()
             assert body["status"] == 503 and "redis is unavailable" in body["error"]
@@ -68,7 +71,8 @@ async def test_redis_down_gives_503_and_a_kept_stream_loses_nothing(
 
 
 async def test_redis_restarted_without_persistence_gives_epoch_changed(
-        procs: list[Proc], hub_process: Callable[..., Proc]) -> None:
+    procs: list[Proc], hub_process: Callable[..., Proc]
+) -> None:
     """The stream is gone: a new epoch; live subscribers continue, old ids get a reset."""
     redis = restart_redis(procs, 0)
     hub = hub_process("--broker", "redis", "--redis-url", f"redis://127.0.0.1:{redis.port}/0")

@@ -21,8 +21,9 @@ def hubs() -> Iterator[list[Proc]]:
     try:
         url = f"redis://127.0.0.1:{started[0].port}/0"
         for _ in range(3):
-            started.append(start_hub("--broker", "redis", "--redis-url", url,
-                                     "--history", str(HISTORY)))
+            started.append(
+                start_hub("--broker", "redis", "--redis-url", url, "--history", str(HISTORY))
+            )
         yield started[1:]
     finally:
         for proc in reversed(started):
@@ -50,7 +51,8 @@ async def test_every_replica_delivers_every_event_in_the_same_order(hubs: list[P
             assert [f.id for f in frames] == expected
             assert [f.data for f in frames] == [
                 {"meta": {"type": t}, "data": d}
-                for t, d in [("user:1", 1), ("user:2", 2), ("user:3", 3), ("user", 4)]]
+                for t, d in [("user:1", 1), ("user:2", 2), ("user:3", 3), ("user", 4)]
+            ]
     finally:
         for sub in subs:
             await sub.close()
@@ -60,7 +62,8 @@ async def test_every_replica_delivers_every_event_in_the_same_order(hubs: list[P
 
 
 async def test_sse_resume_on_another_replica_gets_exactly_the_missed_events(
-        hubs: list[Proc]) -> None:
+    hubs: list[Proc],
+) -> None:
     """Publish via A, read from B, disconnect, reconnect to C with the last id."""
     a, b, c = hubs
     async with Sse(b, "doc") as sub:
@@ -78,7 +81,8 @@ async def test_sse_resume_on_another_replica_gets_exactly_the_missed_events(
 
 
 async def test_grpc_resume_on_another_replica_gets_exactly_the_missed_events(
-        hubs: list[Proc]) -> None:
+    hubs: list[Proc],
+) -> None:
     """The same over cachewire.v1.Hub Subscribe with resume_from."""
     a, b, c = hubs
     async with GrpcSubscribe(b, ["doc"]) as sub:

@@ -30,10 +30,24 @@ def test_an_event_id_is_epoch_then_stream_id() -> None:
     assert parse_stream_id("5-6") == (5, 6)
 
 
-@pytest.mark.parametrize("bad", [
-    "", "e", "e-1", "-1-2", "e-1-", "e--1", "e-1-2-3", "e-x-1", "e-1-x", "e-²-1", "e-1-٣",
-    "e-1 -2", "e-" + "9" * 21 + "-0",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "e",
+        "e-1",
+        "-1-2",
+        "e-1-",
+        "e--1",
+        "e-1-2-3",
+        "e-x-1",
+        "e-1-x",
+        "e-²-1",
+        "e-1-٣",
+        "e-1 -2",
+        "e-" + "9" * 21 + "-0",
+    ],
+)
 def test_malformed_event_ids_do_not_parse(bad: str) -> None:
     assert parse_event_id(bad) is None
 
@@ -50,7 +64,7 @@ def test_positions_order_like_stream_ids() -> None:
 def test_backoff_grows_exponentially_within_jitter_and_is_capped() -> None:
     rng = random.Random(1)
     for attempt in range(40):
-        ceiling = min(2.0, 0.1 * 2 ** attempt)
+        ceiling = min(2.0, 0.1 * 2**attempt)
         delay = next_delay(attempt, 0.1, 2.0, rng)
         assert ceiling / 2 <= delay <= ceiling
     assert next_delay(10**6, 0.1, 2.0, rng) <= 2.0  # no overflow on a long outage
@@ -73,17 +87,33 @@ def test_backoff_is_deterministic_for_a_seeded_rng() -> None:
 
 
 def test_an_entry_round_trips_every_event_field() -> None:
-    draft = Draft("user:42", '{"name":"é"}', ("k1", "k 2"), ("p:",), True,
-                  "00-" + "a" * 32 + "-" + "b" * 16 + "-01", "vendor=1", 1700000000.25)
+    draft = Draft(
+        "user:42",
+        '{"name":"é"}',
+        ("k1", "k 2"),
+        ("p:",),
+        True,
+        "00-" + "a" * 32 + "-" + "b" * 16 + "-01",
+        "vendor=1",
+        1700000000.25,
+    )
     fields = entry_fields(draft)
     as_dict = dict(zip(fields[::2], fields[1::2], strict=True))
     event = event_from_entry("ep", "1700000000000-3", {"epoch": "ep2", **as_dict})
     assert event.id == "ep2-1700000000000-3"  # the epoch the entry was written under
     assert event.pos == (1700000000000, 3)
     assert (event.type, event.data_json, event.keys, event.prefixes, event.flush) == (
-        "user:42", '{"name":"é"}', ("k1", "k 2"), ("p:",), True)
+        "user:42",
+        '{"name":"é"}',
+        ("k1", "k 2"),
+        ("p:",),
+        True,
+    )
     assert (event.traceparent, event.tracestate, event.published_at) == (
-        draft.traceparent, "vendor=1", 1700000000.25)
+        draft.traceparent,
+        "vendor=1",
+        1700000000.25,
+    )
 
 
 def test_a_minimal_entry_leaves_optional_fields_out() -> None:
@@ -103,10 +133,16 @@ def test_an_entry_that_is_not_an_event_is_rejected() -> None:
 # --- what history lost (XINFO STREAM) ---
 
 
-def info(length: int, added: int, first: str | None, last: str,
-         deleted: str = "0-0") -> dict[str, Any]:
-    return {"length": length, "entries-added": added, "last-generated-id": last,
-            "max-deleted-entry-id": deleted, "first-entry": (first, {}) if first else None}
+def info(
+    length: int, added: int, first: str | None, last: str, deleted: str = "0-0"
+) -> dict[str, Any]:
+    return {
+        "length": length,
+        "entries-added": added,
+        "last-generated-id": last,
+        "max-deleted-entry-id": deleted,
+        "first-entry": (first, {}) if first else None,
+    }
 
 
 def test_nothing_is_lost_while_nothing_was_trimmed() -> None:
@@ -151,13 +187,22 @@ def test_cachewire_fields_in_meta_are_honoured() -> None:
     assert (draft.keys, draft.prefixes, draft.flush) == (("k",), ("p",), True)
 
 
-@pytest.mark.parametrize(("raw", "message"), [
-    (b"\xff\xfe", "message"), ("not json", "not valid JSON"), ("[1]", "meta"),
-    ('{"data":1}', "meta"), ('{"meta":[]}', "meta"), ('{"meta":{}}', "meta.type"),
-    ('{"meta":{"type":""}}', "empty"), ('{"meta":{"type":7}}', "string"),
-    ('{"meta":{"type":"a"},"data":NaN}', "JSON"), ('{"meta":{"type":"a","flush":1}}', "flush"),
-    ('{"meta":{"type":"a"},"data":"\\ud800"}', "Unicode"),
-])
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"\xff\xfe", "message"),
+        ("not json", "not valid JSON"),
+        ("[1]", "meta"),
+        ('{"data":1}', "meta"),
+        ('{"meta":[]}', "meta"),
+        ('{"meta":{}}', "meta.type"),
+        ('{"meta":{"type":""}}', "empty"),
+        ('{"meta":{"type":7}}', "string"),
+        ('{"meta":{"type":"a"},"data":NaN}', "JSON"),
+        ('{"meta":{"type":"a","flush":1}}', "flush"),
+        ('{"meta":{"type":"a"},"data":"\\ud800"}', "Unicode"),
+    ],
+)
 def test_malformed_messages_say_what_is_wrong(raw: bytes | str, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         parse(raw)
@@ -167,7 +212,10 @@ def test_limits_apply_to_channel_messages() -> None:
     with pytest.raises(TooLarge):
         parse('{"meta":{"type":"a"},"data":"' + "x" * 1000 + '"}')
     with pytest.raises(TooLarge):
-        parse('{"meta":{"type":"a","keys":' + str([f"k{i}" for i in range(11)]).replace(
-            "'", '"') + "}}")
+        parse(
+            '{"meta":{"type":"a","keys":'
+            + str([f"k{i}" for i in range(11)]).replace("'", '"')
+            + "}}"
+        )
     with pytest.raises(InvalidInput, match="deep"):
         draft_from_message("[" * 100_000 + "]" * 100_000, max_keys=10, max_bytes=10**6)
