@@ -20,6 +20,7 @@ from hub.server import Hub
 from sidecar.applier import Slot
 from sidecar.server import Sidecar
 from sidecar.settings import SidecarSettings
+from tests.otlp import in_memory_tracing
 from tests.servers import free_port
 from tests.unit.sidecar.fakes import MemorySink
 
@@ -137,3 +138,28 @@ async def test_silence_flushes_after_the_bound_and_keeps_flushing(
     assert staleness.last_flush is not None
     assert staleness.last_flush - staleness.last_contact >= 2 * 0.5
     assert sc.status()["state"] == "stale"
+
+
+async def test_one_trace_from_publisher_to_the_sink(
+    hub_factory: HubFactory, sidecars: Callable[..., Any]
+) -> None:
+    """The sidecar's receive span continues the publisher's trace; each sink's apply span is
+    its child; flushes have spans of their own."""
+    trace_id, span_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    with in_memory_tracing() as exporter:
+        hub = await hub_factory(subscribe_heartbeat=0.05)
+        sc, _ = await sidecars(hub.grpc_port)
+        async with asyncio.timeout(WAIT):
+            await sc.wait_ready()
+        event = ev("user:1", "a")
+        event.traceparent = f"00-{trace_id}-{span_id}-01"
+        [event_id] = await publish(hub, event)
+        async with asyncio.timeout(WAIT):
+            await sc.wait_applied(event_id)
+        spans = {s.name: s for s in exporter.get_finished_spans()}
+    receive, apply = spans["receive"], spans["apply memory"]
+    assert receive.context.trace_id == apply.context.trace_id == int(trace_id, 16)
+    assert apply.parent is not None and apply.parent.span_id == receive.context.span_id
+    assert apply.attributes is not None
+    assert apply.attributes["messaging.message.id"] == event_id
+    assert "flush memory" in spans
