@@ -179,7 +179,8 @@ class Applier:
         )
         self._closing = False
         self._draining = False
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []  # the sink workers
+        self._watcher: asyncio.Task[None] | None = None
         self.metrics.watch(
             lambda: (self.connected, self.caught_up(), {s.name: len(s.pending) for s in self.slots})
         )
@@ -189,7 +190,7 @@ class Applier:
     def start(self) -> None:
         for slot in self.slots:
             self._tasks.append(asyncio.create_task(self._run(slot), name=f"sink-{slot.name}"))
-        self._tasks.append(asyncio.create_task(self._watch(), name="staleness"))
+        self._watcher = asyncio.create_task(self._watch(), name="staleness")
 
     async def stop(self, grace: float) -> None:
         """Apply what is pending within `grace`; the operation in flight always completes."""
@@ -203,8 +204,10 @@ class Applier:
         self.changed.notify()
         for slot in self.slots:
             slot.wake.set()
-        self._tasks[-1].cancel()  # the staleness watch; sink workers end after their operation
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)  # each ends after its op
         for slot in self.slots:
             if slot.pending or slot.flush_cause:
                 log.error(

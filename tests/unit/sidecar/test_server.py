@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import pytest
 
@@ -64,3 +65,16 @@ async def test_relay_is_served_on_its_port() -> None:
         assert sc.health_port > 0
     finally:
         await sc.stop(0)
+
+
+async def test_a_taken_port_fails_start_and_stop_still_works() -> None:
+    """__main__ turns the OSError into one line and exit status 1."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        sink = MemorySink()
+        sc = Sidecar(settings(health_port=taken.getsockname()[1]), slots=[Slot(sink)])
+        with pytest.raises(OSError):
+            await sc.start()
+        await sc.stop(0)
+    assert sink.closed
