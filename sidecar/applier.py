@@ -251,9 +251,12 @@ class Applier:
                 if acc is not None and acc.epoch == pos.epoch and pos.seq <= acc.seq:
                     self.metrics.duplicates.inc()
                     continue
-                if acc is not None and acc.epoch != pos.epoch:
-                    self.flush_all("epoch", f"epoch {pos.epoch} follows {acc.epoch} unannounced")
-                self.epochs.see(pos.epoch)
+                if acc is None or acc.epoch != pos.epoch:
+                    if acc is not None:
+                        self.flush_all(
+                            "epoch", f"epoch {pos.epoch} follows {acc.epoch} unannounced"
+                        )
+                    self.epochs.see(pos.epoch)
                 self.accepted = pos
                 self.last_event_id = inv.id
             self._enqueue(self.rules.expand(inv), pos, now)
