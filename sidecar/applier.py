@@ -426,28 +426,40 @@ class Applier:
 
     async def _watch(self) -> None:
         while not self._closing:
-            self.tick()
+            try:
+                self.tick()
+            except Exception:
+                log.exception("staleness check failed")
             now = self.clock()
             await asyncio.sleep(max(0.005, self.staleness.next_check(now) - now))
 
     async def _run(self, slot: Slot) -> None:
         while not self._closing:
-            if slot.flush_cause is not None:
-                await self._flush(slot)
-            elif not slot.pending:
-                await slot.wait()
+            try:
+                await self._step(slot)
+            except Exception:  # a bug must not stop this sink for good: log, pause, go on
+                slot.busy = False
+                log.exception("sink worker error", extra={"sink": slot.name})
+                await slot.wait(self.backoff_cap)
+
+    async def _step(self, slot: Slot) -> None:
+        """One turn of a sink's worker: a flush, a wait, or a batch."""
+        if slot.flush_cause is not None:
+            await self._flush(slot)
+        elif not slot.pending:
+            await slot.wait()
+        else:
+            due = batch_due_in(
+                len(slot.pending),
+                slot.pending[0].arrived,
+                self.clock(),
+                self.batch_size,
+                self.batch_delay,
+            )
+            if due > 0 and not self._draining:
+                await slot.wait(due)
             else:
-                due = batch_due_in(
-                    len(slot.pending),
-                    slot.pending[0].arrived,
-                    self.clock(),
-                    self.batch_size,
-                    self.batch_delay,
-                )
-                if due > 0 and not self._draining:
-                    await slot.wait(due)
-                else:
-                    await self._apply(slot, list(islice(slot.pending, self.batch_size)))
+                await self._apply(slot, list(islice(slot.pending, self.batch_size)))
 
     async def _apply(self, slot: Slot, batch: list[Item]) -> None:
         invs = [item.inv for item in batch]

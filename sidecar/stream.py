@@ -100,7 +100,11 @@ class StreamClient:
     async def _run(self) -> None:
         attempt = 0
         while not self._stopping.is_set():
-            live = await self._subscribe_once()
+            try:
+                live = await self._subscribe_once()
+            except Exception:  # a bug must not end the stream for good: log, back off, retry
+                log.exception("hub stream error; resubscribing", extra={"hub": self.target})
+                live = False
             if live:
                 attempt = 0
             delay = next_delay(attempt, self.backoff_base, self.backoff_cap, self.rng.random)
