@@ -102,7 +102,13 @@ class MemcachedSink:
 
     async def _prefixes(self, prefixes: list[str]) -> None:
         if self.prefix_policy == "flush" and self.flush_enabled:
-            await self.flush(f"prefix invalidation {prefixes[0]!r} (memcached cannot list keys)")
+            await self.flush("prefix")
+            if self.metrics is not None:
+                self.metrics.flushes.labels(self.name, "prefix").inc()
+            log.info(
+                "memcached flushed for a prefix invalidation (it cannot list keys)",
+                extra={"prefix": prefixes[0][:300], "prefixes": len(prefixes)},
+            )
             return
         for prefix in prefixes:
             self._skip("prefix_unsupported", prefix)

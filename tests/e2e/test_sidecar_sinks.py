@@ -69,7 +69,7 @@ async def test_memcached_prefix_policy(memcached_server: Proc) -> None:
     address = f"127.0.0.1:{memcached_server.port}"
     metrics = Metrics()
     ignore = MemcachedSink(address, prefixes="ignore", metrics=metrics)
-    flush = MemcachedSink(address, prefixes="flush")
+    flush = MemcachedSink(address, prefixes="flush", metrics=metrics)
     with memcache(memcached_server.port) as mc:
         mc.set("user:1:a", b"v")
         await ignore.apply([inv(1, prefixes=("user:1:",))])
@@ -77,6 +77,7 @@ async def test_memcached_prefix_policy(memcached_server: Proc) -> None:
         assert metrics.skipped_keys.labels("memcached", "prefix_unsupported")._value.get() == 1
         await flush.apply([inv(2, prefixes=("user:1:",))])
         assert mc.get("user:1:a") is None
+        assert metrics.flushes.labels("memcached", "prefix")._value.get() == 1
         mc.set("x", b"v")
         await flush.flush("test")
         assert mc.get("x") is None
