@@ -25,14 +25,15 @@ import asyncio
 import json
 import os
 import platform
-import shutil
 import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,14 +71,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class HubProc:
+    label: str
+    http_port: int
+    grpc_port: int
+    pid: int
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; 0.0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def hub_process() -> Iterator[tuple[int, int]]:
-    """A cachewire-hub process on free ports; yields (http_port, grpc_port)."""
+def hub_process(label: str, tree: Path = ROOT) -> Iterator[HubProc]:
+    """A hub process on free ports, running the `hub` package found in `tree`.
+
+    `python -m hub` from `tree` imports that tree's `hub` ahead of the installed one.
+    """
     http_port, grpc_port = free_port(), free_port()
-    exe = shutil.which("cachewire-hub", path=str(Path(sys.executable).parent)) or "cachewire-hub"
     proc = subprocess.Popen(
         [
-            exe,
+            sys.executable,
+            "-m",
+            "hub",
             "--http-port",
             str(http_port),
             "--grpc-port",
@@ -89,7 +111,7 @@ def hub_process() -> Iterator[tuple[int, int]]:
             "--log-level",
             "warning",
         ],
-        cwd=ROOT,
+        cwd=tree,
     )
     try:
         deadline = time.monotonic() + 30
@@ -97,7 +119,7 @@ def hub_process() -> Iterator[tuple[int, int]]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("cachewire-hub did not become ready")
             time.sleep(0.05)
-        yield http_port, grpc_port
+        yield HubProc(label, http_port, grpc_port, proc.pid)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -145,6 +167,7 @@ TRANSPORTS: dict[str, Subscriber] = {
     "Plasma Events": subscribe_plasma,
     "cachewire Subscribe": subscribe_cachewire,
 }
+TRANSPORT_NAMES = {"Plasma Events": "plasma", "cachewire Subscribe": "subscribe"}
 
 
 async def wait_all(counters: list[Counter], events: int) -> None:
@@ -160,11 +183,14 @@ async def wait_all(counters: list[Counter], events: int) -> None:
 
 @dataclass(frozen=True)
 class Result:
+    hub: str
     transport: str
     k: int
     events: int
     seconds: float
     messages_per_event: float
+    hub_cpu_us: float  # hub process CPU time per delivered event, throughput phase
+    client_cpu_us: float  # this (client) process's CPU time per delivered event
     p50_ms: float
     p99_ms: float
 
@@ -179,10 +205,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def run_one(
-    ports: tuple[int, int], transport: str, k: int, events: int, latency_events: int, rate: float
+    hub: HubProc, transport: str, k: int, events: int, latency_events: int, rate: float
 ) -> Result:
-    http_port, grpc_port = ports
-    target = f"127.0.0.1:{grpc_port}"
+    target = f"127.0.0.1:{hub.grpc_port}"
     channels = [grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) for _ in range(k)]
     counters = [Counter() for _ in range(k)]
     tasks = [
@@ -193,18 +218,20 @@ async def run_one(
         api = hub_pb2_grpc.HubStub(pub_channel)  # type: ignore[no-untyped-call]
         try:
             deadline = time.monotonic() + 60
-            while await asyncio.to_thread(grpc_connections, http_port) < k:
+            while await asyncio.to_thread(grpc_connections, hub.http_port) < k:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{k} subscribers did not connect")
                 await asyncio.sleep(0.05)
             # Throughput: a burst of `events`, in batches, acknowledged one batch at a time.
             batch = [hub_pb2.EventInput(type=f"{TOPIC}:x", data='"payload"')] * PUBLISH_BATCH
+            hub_cpu, client_cpu = cpu_seconds(hub.pid), time.process_time()
             started = time.perf_counter()
             for _ in range(events // PUBLISH_BATCH):
                 await api.Publish(hub_pb2.PublishRequest(events=batch))
             async with asyncio.timeout(300):
                 await wait_all(counters, events)
             seconds = time.perf_counter() - started
+            hub_cpu, client_cpu = cpu_seconds(hub.pid) - hub_cpu, time.process_time() - client_cpu
             messages = sum(c.messages for c in counters) / (events * k)
             # Latency: paced single events, each carrying the publisher's clock.
             for _ in range(latency_events):
@@ -224,12 +251,16 @@ async def run_one(
             for channel in channels:
                 await channel.close()
     latencies = [x for c in counters for x in c.latencies]
+    deliveries = events * k
     return Result(
+        hub.label,
         transport,
         k,
         events,
         seconds,
         messages,
+        hub_cpu / deliveries * 1e6,
+        client_cpu / deliveries * 1e6,
         percentile(latencies, 0.5) * 1000,
         percentile(latencies, 0.99) * 1000,
     )
@@ -241,39 +272,80 @@ def events_for(k: int, deliveries: int, minimum: int) -> int:
     return max(PUBLISH_BATCH, n // PUBLISH_BATCH * PUBLISH_BATCH)
 
 
+def median_of(rounds: list[Result]) -> Result:
+    """One row per (hub, transport, K): the median of each figure over the rounds."""
+    first = rounds[0]
+    return Result(
+        first.hub,
+        first.transport,
+        first.k,
+        first.events,
+        statistics.median(r.seconds for r in rounds),
+        statistics.median(r.messages_per_event for r in rounds),
+        statistics.median(r.hub_cpu_us for r in rounds),
+        statistics.median(r.client_cpu_us for r in rounds),
+        statistics.median(r.p50_ms for r in rounds),
+        statistics.median(r.p99_ms for r in rounds),
+    )
+
+
 def table(results: list[Result]) -> str:
     rows = [
-        "| transport | K | events | delivered events/s | messages/event | "
-        "latency p50 ms | latency p99 ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| hub | transport | K | events | delivered events/s | messages/event | "
+        "hub CPU µs/delivery | client CPU µs/delivery | latency p50 ms | latency p99 ms |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         rows.append(
-            f"| {r.transport} | {r.k} | {r.events} | {r.delivered_per_s:,.0f} | "
-            f"{r.messages_per_event:.3f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} |"
+            f"| {r.hub} | {r.transport} | {r.k} | {r.events} | {r.delivered_per_s:,.0f} | "
+            f"{r.messages_per_event:.3f} | {r.hub_cpu_us:.1f} | {r.client_cpu_us:.1f} | "
+            f"{r.p50_ms:.2f} | {r.p99_ms:.2f} |"
         )
     return "\n".join(rows)
 
 
+@contextmanager
+def baseline_tree(rev: str) -> Iterator[Path]:
+    """The hub's sources at a git revision, extracted to a temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="cachewire-baseline-") as tmp:
+        archive = subprocess.run(
+            ["git", "archive", rev, "hub"], cwd=ROOT, check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        yield Path(tmp)
+
+
 async def main_async(args: argparse.Namespace) -> None:
-    results = []
-    with hub_process() as ports:
-        for k in args.k:
-            for transport in TRANSPORTS:
-                n = events_for(k, args.deliveries, args.events)
-                result = await run_one(ports, transport, k, n, args.latency_events, args.rate)
-                print(
-                    f"{transport:20} K={k:<4} {result.delivered_per_s:>12,.0f} events/s "
-                    f"p50 {result.p50_ms:.2f} ms  p99 {result.p99_ms:.2f} ms",
-                    flush=True,
-                )
-                results.append(result)
+    transports = [t for t in TRANSPORTS if TRANSPORT_NAMES[t] in args.transports]
+    load_before = os.getloadavg()[0]
+    rounds: dict[tuple[str, str, int], list[Result]] = {}
+    with ExitStack() as stack:
+        hubs = []
+        if args.baseline:
+            tree = stack.enter_context(baseline_tree(args.baseline))
+            hubs.append(stack.enter_context(hub_process(f"baseline {args.baseline}", tree)))
+        hubs.append(stack.enter_context(hub_process("working tree" if args.baseline else "")))
+        for r in range(args.rounds):
+            for k in args.k:
+                for transport in transports:
+                    for hub in hubs:  # variants side by side, so they share the load
+                        n = events_for(k, args.deliveries, args.events)
+                        res = await run_one(hub, transport, k, n, args.latency_events, args.rate)
+                        print(
+                            f"round {r + 1} {hub.label or 'hub':>16} {transport:20} K={k:<4} "
+                            f"{res.delivered_per_s:>10,.0f} events/s  "
+                            f"hub {res.hub_cpu_us:6.1f} µs/delivery  "
+                            f"p50 {res.p50_ms:.2f} ms  p99 {res.p99_ms:.2f} ms",
+                            flush=True,
+                        )
+                        rounds.setdefault((hub.label, transport, k), []).append(res)
     print()
     print(
         f"machine: {os.cpu_count()} CPUs, {cpu_model()}, Python {platform.python_version()}, "
-        f"grpcio {grpc.__version__}"
+        f"grpcio {grpc.__version__}, load average before/after "
+        f"{load_before:.1f}/{os.getloadavg()[0]:.1f}, median of {args.rounds} round(s)"
     )
-    print(table(results))
+    print(table([median_of(v) for v in rounds.values()]))
 
 
 def cpu_model() -> str:
@@ -308,6 +380,21 @@ def main(argv: list[str] | None = None) -> None:
         "--latency-events", type=int, default=100, help="paced events for the latency measurement"
     )
     parser.add_argument("--rate", type=float, default=20.0, help="events/s while measuring latency")
+    parser.add_argument(
+        "--transports",
+        nargs="+",
+        choices=sorted(TRANSPORT_NAMES.values()),
+        default=sorted(TRANSPORT_NAMES.values()),
+        help="which streams to measure (default: both)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run the hub of this git revision, side by side with the working tree's",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="rounds per figure; the median is reported"
+    )
     args: Any = parser.parse_args(argv)
     asyncio.run(main_async(args))
 

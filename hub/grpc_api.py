@@ -120,6 +120,13 @@ class Outbox:
         self.events -= len(run)
         return run
 
+    def pop(self) -> Event | bytes:
+        """The next item alone (a stream of one message per event writes them one by one)."""
+        item = self.items.popleft()
+        if not isinstance(item, bytes):
+            self.events -= 1
+        return item
+
     def clear(self) -> None:
         self.items.clear()
         self.events = 0
