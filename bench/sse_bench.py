@@ -3,12 +3,16 @@
 Starts `cachewire-hub` (memory broker, pinned to core 0 with taskset when there are two
 cores or more) and, pinned to the other core, a lean load generator: W reader processes
 that hold the SSE connections with raw non-blocking sockets and epoll (no asyncio, no HTTP
-library), and this process publishing one event per HTTP POST over keep-alive sockets.
+library), and this process publishing by HTTP POST over keep-alive sockets.
 
-Each event's data is "<seq>:<publish time ns>". A reader does not parse frames: per read it
-counts `\\ndata: ` (one per event) and takes the publish time of the read's first event,
-the oldest: that latency is charged to every event of the read, so p50/p99 are upper
-bounds, and include the reader's own scheduling on a shared core.
+Scenarios are named SUBSxTOPICS@RATE[/BATCH]: SUBS subscribers spread over TOPICS topics,
+POSTs at RATE per second (open loop, pipelined, as independent publishers would send them)
+or "max" (4 POSTs in flight, each sent when the previous one on its socket was answered),
+each POST carrying BATCH events (default 1). Each event's data is
+"<seq>:<publish time ns>". A reader does not parse frames: per read it counts `\ndata: `
+(one per event) and takes the publish time of the read's first event, the oldest: that
+latency is charged to every event of the read, so p50/p99 are upper bounds, and include
+the reader's own scheduling on a shared core.
 
 Per scenario it prints deliveries/s (from the first publish to the last delivery), latency
 p50/p99, lost deliveries (expected minus counted), hub CPU per delivery (utime+stime from
@@ -44,6 +48,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 HUB_CORE, LOAD_CORE = 0, 1
+PIN = True  # --no-pin: let the scheduler place the hub and the load generator
 SETTLE_TIMEOUT = 60.0  # seconds to wait for the last deliveries after the last publish
 
 
@@ -53,7 +58,8 @@ class Scenario:
     subscribers: int
     topics: int  # 1: everyone on one topic; = subscribers: one topic each
     events: int
-    rate: float | None  # events/s, or None: as fast as the hub acknowledges
+    rate: float | None  # POSTs/s, or None: as fast as the hub acknowledges
+    batch: int = 1  # events per POST
 
 
 SCENARIOS = (
@@ -62,8 +68,10 @@ SCENARIOS = (
     Scenario("100x1@max", 100, 1, 5000, None),
     Scenario("1000x1@max", 1000, 1, 500, None),
     Scenario("5000x1@max", 5000, 1, 100, None),
-    Scenario("1000x1000@max", 1000, 1000, 5000, None),
-    Scenario("5000x5000@max", 5000, 5000, 10000, None),
+    Scenario("1000x1000@max", 1000, 1000, 3000, None),
+    Scenario("5000x5000@max", 5000, 5000, 5000, None),
+    Scenario("1000x1000@max/100", 1000, 1000, 50_000, None, batch=100),
+    Scenario("5000x5000@max/100", 5000, 5000, 50_000, None, batch=100),
 )
 
 
@@ -84,7 +92,7 @@ def pinned() -> bool:
 def hub_process(port: int) -> Iterator[subprocess.Popen[bytes]]:
     exe = str(Path(sys.executable).parent / "cachewire-hub")
     argv = [exe, "--http-port", str(port), "--grpc-port", "off", "--log-level", "warning"]
-    if pinned():
+    if pinned() and PIN:
         argv = ["taskset", "-c", str(HUB_CORE), *argv]
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -131,7 +139,7 @@ def cpu_seconds(pid: int) -> float:
 
 def reader_main(pipe: Connection, port: int) -> None:
     """Serve commands: ("connect", [paths]), ("stats",), ("stop",)."""
-    if pinned():
+    if pinned() and PIN:
         os.sched_setaffinity(0, {LOAD_CORE})
     ep = select.epoll()
     socks: dict[int, socket.socket] = {}
@@ -226,12 +234,20 @@ class Publisher:
     def __init__(self, port: int, sockets: int) -> None:
         self.socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(sockets)]
 
-    def send(self, s: socket.socket, event_type: str, seq: int) -> None:
-        body = b'{"type":"%s","data":"%d:%d"}' % (event_type.encode(), seq, time.time_ns())
+    def send(self, s: socket.socket, scenario: Scenario, first_seq: int) -> int:
+        """POST the next `batch` events from first_seq; the next seq."""
+        seqs = range(first_seq, min(first_seq + scenario.batch, scenario.events))
+        now = time.time_ns()
+        events = [
+            b'{"type":"%s","data":"%d:%d"}' % (topic(seq % scenario.topics).encode(), seq, now)
+            for seq in seqs
+        ]
+        body = events[0] if scenario.batch == 1 else b"[%s]" % b",".join(events)
         s.sendall(
             b"POST /v1/publish HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
         )
+        return seqs.stop
 
     @staticmethod
     def answer(s: socket.socket) -> None:
@@ -247,25 +263,53 @@ class Publisher:
 
     def run(self, scenario: Scenario) -> float:
         """Publish the scenario's events; the time of the first publish."""
+        if scenario.rate is not None:
+            return self.run_open_loop(scenario, scenario.rate)
         first = time.monotonic()
         seq = 0
-        if scenario.rate is not None:
-            s = self.socks[0]
-            for seq in range(scenario.events):
-                due = first + seq / scenario.rate
-                delay = due - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                self.send(s, topic(seq % scenario.topics), seq)
-                self.answer(s)
-            return first
         while seq < scenario.events:
-            batch = self.socks[: scenario.events - seq]
-            for s in batch:  # one request in flight per socket
-                self.send(s, topic(seq % scenario.topics), seq)
-                seq += 1
-            for s in batch:
+            in_flight = []
+            for s in self.socks:  # one request in flight per socket
+                if seq < scenario.events:
+                    seq = self.send(s, scenario, seq)
+                    in_flight.append(s)
+            for s in in_flight:
                 self.answer(s)
+        return first
+
+    def run_open_loop(self, scenario: Scenario, rate: float) -> float:
+        """Send each POST when it is due, whether or not earlier ones were answered
+        (pipelined on one connection), as independent publishers would."""
+        s = self.socks[0]
+        buf, answered, ok = b"", 0, 0
+
+        def read(wait: float) -> None:
+            nonlocal buf, answered, ok
+            if not select.select([s], [], [], max(0.0, wait))[0]:
+                return
+            buf += s.recv(1 << 16)
+            while (end := buf.find(b"\r\n\r\n")) >= 0:
+                head = buf[:end]
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                if len(buf) < end + 4 + length:
+                    return
+                answered += 1
+                ok += head.startswith(b"HTTP/1.1 200 ")
+                buf = buf[end + 4 + length :]
+
+        first = time.monotonic()
+        seq = posts = 0
+        while seq < scenario.events:
+            due = first + posts / rate
+            while (delay := due - time.monotonic()) > 0:
+                read(delay)
+            seq = self.send(s, scenario, seq)
+            posts += 1
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while answered < posts and time.monotonic() < deadline:
+            read(1.0)
+        if ok != posts:
+            raise RuntimeError(f"{ok} of {posts} POSTs answered 200 ({answered} answered)")
         return first
 
     def close(self) -> None:
@@ -352,6 +396,7 @@ def run(scenario: Scenario, readers_n: int, publishers: int) -> dict[str, Any]:
         "p99_ms": percentile(latencies, 0.99),
         "cpu_us_per_delivery": (cpu1 - cpu0) / max(1, delivered) * 1e6,
         "hub_cpu_s": cpu1 - cpu0,
+        "hub_busy": (cpu1 - cpu0) / elapsed,
         "rss_kib_per_conn": (rss_after - rss_before) / scenario.subscribers,
     }
 
@@ -371,23 +416,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--only", nargs="*", help="scenario names (default: all)")
     parser.add_argument("--readers", type=int, default=2, help="reader processes")
     parser.add_argument("--publishers", type=int, default=4, help="POSTs in flight at max rate")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin hub and load to cores")
     args = parser.parse_args(argv)
+    global PIN
+    PIN = not args.no_pin
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 5,000 sockets and more
     scenarios = [s for s in SCENARIOS if not args.only or s.name in args.only]
-    print(f"# {machine()}; hub pinned: {pinned()}; {time.strftime('%Y-%m-%d')}")
+    print(f"# {machine()}; hub pinned: {pinned() and PIN}; {time.strftime('%Y-%m-%d %H:%M')}")
     print(
-        "| scenario | subs | topics | events | rate ev/s | deliveries/s | p50 ms | p99 ms "
-        "| lost | hub CPU µs/delivery | hub RSS KiB/idle conn |"
+        "| scenario | subs | topics | events | POSTs/s | events/POST | deliveries/s | p50 ms "
+        "| p99 ms | lost | hub CPU µs/delivery | hub CPU busy | hub RSS KiB/idle conn |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for scenario in scenarios:
         r = run(scenario, args.readers, args.publishers)
-        rate = f"{r['rate']:g}" if r["rate"] else "max"
+        rate = f"{scenario.rate:g}" if scenario.rate else "max"
         print(
             f"| {r['scenario']} | {r['subscribers']} | {r['topics']} | {r['events']} | {rate} "
-            f"| {r['deliveries_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
-            f"| {r['lost']} | {r['cpu_us_per_delivery']:.2f} | {r['rss_kib_per_conn']:.1f} |",
+            f"| {scenario.batch} | {r['deliveries_per_s']:,.0f} | {r['p50_ms']:.1f} "
+            f"| {r['p99_ms']:.1f} | {r['lost']} | {r['cpu_us_per_delivery']:.2f} "
+            f"| {r['hub_busy']:.0%} | {r['rss_kib_per_conn']:.1f} |",
             flush=True,
         )
 
