@@ -94,12 +94,7 @@ class SseSink:
     kind = "sse"
 
     def __init__(
-        self,
-        response: web.StreamResponse,
-        request: web.Request,
-        chunked: bool,
-        flusher: Flusher,
-        queue_size: int,
+        self, request: web.Request, chunked: bool, flusher: Flusher, queue_size: int
     ) -> None:
         assert request.transport is not None
         self._transport = request.transport
@@ -232,7 +227,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     # The first write sends the headers too: the client sees the stream open at once.
     await response.write(f"retry: {settings.sse_retry}\n\n".encode())
 
-    sink = SseSink(response, request, chunked, flusher, settings.queue_size)
+    sink = SseSink(request, chunked, flusher, settings.queue_size)
     if last_id is None:
         # An id-only frame dispatches nothing but gives the client a position to resume from.
         sink.send_frame(f"id: {fanout.last_id}\n\n".encode())

@@ -84,3 +84,33 @@ class AheadBroker(MemoryBroker):
         held, self._held = self._held, []
         assert self._real_dispatch is not None
         self._real_dispatch(held)
+
+
+@dataclass(eq=False)
+class FakeTransport:
+    """What SseSink uses of an asyncio transport: writes are recorded, not sent."""
+
+    writes: list[bytes] = field(default_factory=list)
+    buffered: int = 0  # what get_write_buffer_size reports
+    closing: bool = False
+    aborted: bool = False
+    fail: bool = False
+
+    def write(self, data: bytes) -> None:
+        if self.fail:
+            raise RuntimeError("broken transport")
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def abort(self) -> None:
+        self.aborted = self.closing = True
+
+
+@dataclass(eq=False)
+class FakeRequest:
+    transport: FakeTransport = field(default_factory=FakeTransport)
