@@ -113,11 +113,14 @@ class Hub:
             await self._site.stop()
         # 2. End every stream cleanly: SSE gets its last chunk, gRPC an UNAVAILABLE status.
         self.fanout.close_all()
+        # 3. Let in-flight requests and the streams' last bytes finish, within the grace
+        #    period: gRPC and HTTP drain side by side, so the wait is one grace, not two.
+        draining = []
         if self._grpc is not None:
-            await self._grpc.stop(grace)
-        # 3. Let in-flight HTTP requests (publishes) finish, within the grace period.
+            draining.append(self._grpc.stop(grace))
         if self._runner is not None:
-            await self._runner.cleanup()
+            draining.append(self._runner.cleanup())
+        await asyncio.gather(*draining)
         # 4. Channel ingest, heartbeats, then the broker.
         if self._ingest is not None:
             await self._ingest.stop()
