@@ -53,12 +53,13 @@ from pymemcache.client.base import Client
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sidecar.applier import Applier, Slot  # noqa: E402
+from sidecar.applier import Applier  # noqa: E402
 from sidecar.server import Sidecar  # noqa: E402
 from sidecar.settings import SidecarSettings  # noqa: E402
 from sidecar.sinks.base import Invalidation, Sink  # noqa: E402
 from sidecar.sinks.memcached import MemcachedSink  # noqa: E402
 from sidecar.sinks.redis import RedisSink  # noqa: E402
+from sidecar.state import Slot  # noqa: E402
 
 TOPIC = "bench"
 PUBLISH_BATCH = 500

@@ -22,11 +22,10 @@ import contextlib
 import logging
 import random
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from itertools import islice
-from typing import Any, Literal
+from typing import Any
 
 from cachewire import telemetry as ct
 from opentelemetry import context as otel_context
@@ -35,111 +34,23 @@ from opentelemetry import trace
 from sidecar import telemetry
 from sidecar.errors import InvalidInput
 from sidecar.metrics import Metrics
-from sidecar.positions import Epochs, Pos, parse_id
+from sidecar.positions import Epochs, Pos, min_id, parse_id
 from sidecar.rules import Rules
-from sidecar.sinks.base import Invalidation, Sink
+from sidecar.sinks.base import Invalidation
+from sidecar.state import (
+    Clock,
+    FlushCause,
+    Item,
+    Notifier,
+    Slot,
+    Staleness,
+    batch_due_in,
+)
 from sidecar.stream import next_delay
 
+__all__ = ["Applier", "Item", "Notifier", "Slot", "Staleness", "batch_due_in"]
+
 log = logging.getLogger("cachewire.sidecar.applier")
-
-FlushCause = Literal["start", "reset", "stale", "overflow", "event", "epoch"]
-Clock = Callable[[], float]
-
-
-def batch_due_in(pending: int, first_arrived: float, now: float, size: int, delay: float) -> float:
-    """Seconds until a batch must be applied: 0 when full, else its first item's deadline."""
-    if pending >= size:
-        return 0.0
-    return max(0.0, first_arrived + delay - now)
-
-
-class Staleness:
-    """When silence from the hub means invalidations may have been lost (pure; a clock in)."""
-
-    def __init__(self, bound: float, now: float) -> None:
-        self.bound = bound
-        self.last_contact = now
-        self.last_flush: float | None = None
-
-    def contact(self, now: float) -> None:
-        self.last_contact = now
-
-    def silent(self, now: float) -> bool:
-        return now - self.last_contact >= self.bound
-
-    def due(self, now: float) -> bool:
-        """A flush is due: silent for `bound`, and no flush for `bound` during this silence."""
-        if not self.silent(now):
-            return False
-        last = self.last_flush
-        return last is None or last < self.last_contact or now - last >= self.bound
-
-    def flushed(self, now: float) -> None:
-        self.last_flush = now
-
-    def next_check(self, now: float) -> float:
-        """The time at which `due` may next become true."""
-        at = self.last_contact + self.bound
-        if self.last_flush is not None and self.last_flush >= self.last_contact:
-            at = max(at, self.last_flush + self.bound)
-        return max(at, now)
-
-
-class Notifier:
-    """Wakes every waiter whenever something changed; waiters re-check their predicate."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    def notify(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
-
-    async def wait_for(self, predicate: Callable[[], bool]) -> None:
-        """Return once predicate() holds (bound it with asyncio.timeout)."""
-        while not predicate():
-            await self._event.wait()
-
-
-@dataclass(eq=False, slots=True)
-class Item:
-    inv: Invalidation
-    pos: Pos | None
-    arrived: float
-    span: trace.SpanContext | None = None  # the receive span, when tracing is on
-
-
-class Slot:
-    """One sink and its queue, flush state and health, as the applier sees it."""
-
-    def __init__(self, sink: Sink, flush_enabled: bool = True) -> None:
-        self.sink = sink
-        self.name = sink.name
-        self.flush_enabled = flush_enabled
-        self.pending: deque[Item] = deque()
-        self.flush_cause: FlushCause | None = None
-        self.flush_detail = ""
-        self.flush_covers: Pos | None = None
-        self.flush_gen = 0
-        self.applied: Pos | None = None
-        self.busy = False
-        self.failing = False
-        self.attempt = 0
-        self.errors = 0
-        self.last_error = ""
-        self.overflowing = False
-        self.wake = asyncio.Event()
-
-    @property
-    def idle(self) -> bool:
-        return not self.pending and self.flush_cause is None and not self.busy
-
-    async def wait(self, at_most: float | None = None) -> None:
-        """Until woken (new work, a flush, shutdown) or `at_most` seconds have passed."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(at_most):
-                await self.wake.wait()
-        self.wake.clear()
 
 
 class Applier:
@@ -540,14 +451,3 @@ class Applier:
         deadline = self.clock() + delay
         while not self._closing and (left := deadline - self.clock()) > 0:
             await slot.wait(left)
-
-
-def min_id(epochs: Epochs, positions: Sequence[Pos | None]) -> str:
-    """The id every sink has applied through, or "" when some sink has none yet."""
-    lowest: Pos | None = None
-    for pos in positions:
-        if pos is None:
-            return ""
-        if lowest is None or epochs.covers(lowest, pos):
-            lowest = pos
-    return lowest.id if lowest else ""

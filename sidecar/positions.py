@@ -8,6 +8,7 @@ which is the order of the hub's history (a new epoch replaces the old one).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -50,3 +51,14 @@ class Epochs:
         if have.epoch == want.epoch:
             return have.seq >= want.seq
         return self._order[have.epoch] > self._order[want.epoch]
+
+
+def min_id(epochs: Epochs, positions: Sequence[Pos | None]) -> str:
+    """The lowest of these positions (what every sink has applied through), "" if one is None."""
+    lowest: Pos | None = None
+    for pos in positions:
+        if pos is None:
+            return ""
+        if lowest is None or epochs.covers(lowest, pos):
+            lowest = pos
+    return lowest.id if lowest else ""

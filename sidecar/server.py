@@ -11,13 +11,14 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from sidecar.applier import Applier, Slot
+from sidecar.applier import Applier
 from sidecar.errors import ConfigError
 from sidecar.health import HealthServer
 from sidecar.metrics import Metrics
 from sidecar.rules import Rules
 from sidecar.settings import SidecarSettings
 from sidecar.sinks.base import Sink
+from sidecar.state import Slot
 from sidecar.stream import StreamClient
 
 log = logging.getLogger("cachewire.sidecar")

@@ -17,9 +17,9 @@ from cachewire.v1 import hub_pb2, hub_pb2_grpc
 from hub.brokers.memory import MemoryBroker
 from hub.events import make_draft
 from hub.server import Hub
-from sidecar.applier import Slot
 from sidecar.server import Sidecar
 from sidecar.settings import SidecarSettings
+from sidecar.state import Slot
 from tests.otlp import in_memory_tracing
 from tests.servers import free_port
 from tests.unit.sidecar.fakes import MemorySink

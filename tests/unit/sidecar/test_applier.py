@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from sidecar.applier import Applier, Slot, Staleness, batch_due_in, min_id
+from sidecar.applier import Applier
 from sidecar.errors import InvalidInput
-from sidecar.positions import Epochs, parse_id
+from sidecar.positions import Epochs, min_id, parse_id
 from sidecar.rules import Rules, parse_rules
 from sidecar.sinks.base import Invalidation
+from sidecar.state import Slot, Staleness, batch_due_in
 from sidecar.stream import next_delay
 from tests.unit.sidecar.fakes import MemorySink
 

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from sidecar.applier import Slot
 from sidecar.server import Sidecar
 from sidecar.settings import SidecarSettings
 from sidecar.sinks.base import Invalidation
+from sidecar.state import Slot
 from tests.servers import free_port
 from tests.unit.sidecar.fakes import MemorySink
 
