@@ -104,7 +104,8 @@ class ChannelIngest:
         self.lease_key = f"{s.redis_stream}:ingest"
         self.lease_ms = int(s.ingest_lease * 1000)
         self.token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.leader = False
+        self.leader = False  # subscribed to the channels
+        self._valid_until = 0.0  # monotonic time when the lease we hold expires, 0: none
         self.counts = {"ingested": 0, "malformed": 0, "failed": 0}
         self._client = connect(s.redis_url, retries=0, decode=False)
         self._acquire = self._client.register_script(ACQUIRE_LUA)
@@ -117,15 +118,14 @@ class ChannelIngest:
         self._task = asyncio.create_task(self._run(), name="channel-ingest")
 
     async def stop(self) -> None:
-        was_leader = self.leader
         if self._task is not None:
             await cancel_and_wait(self._task)
-        if self.exclusive and was_leader:
+        if self.exclusive and self._valid_until:
             with contextlib.suppress(RedisError, OSError):
                 async with asyncio.timeout(COMMAND_TIMEOUT):
                     await self._release(keys=[self.lease_key], args=[self.token])
                 log.info("channel ingest lease released", extra={"lease": self.lease_key})
-        self.leader = False
+        self.leader, self._valid_until = False, 0.0
         await self._client.aclose()
 
     async def _run(self) -> None:
@@ -138,16 +138,18 @@ class ChannelIngest:
                 attempt = 0
             except (RedisError, OSError) as exc:
                 self.leader = False
-                self._link.set_down(exc)
+                self._link.set_down(exc)  # the lease stays ours if Redis kept it
                 await asyncio.sleep(next_delay(attempt, BACKOFF_BASE, BACKOFF_CAP, self._rng))
                 attempt += 1
 
     async def _take_lease(self) -> bool:
+        """Take the lease or extend ours; it is valid for a lease from before we asked."""
+        asked = time.monotonic()
         async with asyncio.timeout(COMMAND_TIMEOUT):
             await follow_master(self._client)
-            return bool(
-                await self._acquire(keys=[self.lease_key], args=[self.token, self.lease_ms])
-            )
+            held = await self._acquire(keys=[self.lease_key], args=[self.token, self.lease_ms])
+        self._valid_until = asked + self.lease_ms / 1000 if held else 0.0
+        return bool(held)
 
     async def _wait_for_lease(self) -> None:
         while not await self._take_lease():
@@ -157,7 +159,6 @@ class ChannelIngest:
     async def _consume(self) -> None:
         """Subscribe and ingest until the lease is lost (or forever, without a lease)."""
         renew_every = self.lease_ms / 3000
-        valid_until = time.monotonic() + self.lease_ms / 1000
         next_renew = time.monotonic() + renew_every
         pubsub: PubSub = self._client.pubsub(ignore_subscribe_messages=True)
         try:
@@ -176,14 +177,16 @@ class ChannelIngest:
                 timeout = max(0.0, next_renew - time.monotonic()) if self.exclusive else 5.0
                 message = await pubsub.get_message(timeout=timeout)
                 now = time.monotonic()
-                if self.exclusive and (now >= next_renew or (message and now >= valid_until)):
+                if self.exclusive and (now >= next_renew or (message and now >= self._valid_until)):
+                    # A message that came after the lease could have expired is published
+                    # only if the lease is still ours: another replica may have it.
                     if not await self._take_lease():
                         log.warning(
                             "channel ingest lease lost to another replica",
                             extra={"lease": self.lease_key},
                         )
                         return
-                    valid_until, next_renew = now + self.lease_ms / 1000, now + renew_every
+                    next_renew = now + renew_every
                 if message is not None:
                     batch = [message]
                     while len(batch) < BATCH and (more := await pubsub.get_message(timeout=0)):

@@ -7,6 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+import grpc
+import pytest
+from cachewire.v1 import hub_pb2, hub_pb2_grpc
 
 from tests.e2e.test_redis_helpers import Sse, eventually, get, http, publish
 from tests.servers import Proc, start_redis
@@ -50,7 +53,14 @@ async def test_redis_down_gives_503_and_a_kept_stream_loses_nothing(
             assert resp.status == 503
             body = await resp.json()
             assert body["status"] == 503 and "redis is unavailable" in body["error"]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{b.ports['grpc']}") as channel:
+            request = hub_pb2.PublishRequest(events=[hub_pb2.EventInput(type="x:lost")])
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await hub_pb2_grpc.HubStub(channel).Publish(request)
+            assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "redis is unavailable" in (error.value.details() or "")
         assert (await get(a, "/healthz"))[0] == 200  # alive, keeping its clients
+        assert (await get(a, "/hc"))[0] == 503  # Plasma's health check
 
         a.signal(signal.SIGSTOP)  # A stays away while B publishes after the restart
         try:

@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 from hub.brokers.redis import (
+    SentinelUrl,
+    check_url,
     entry_fields,
     event_from_entry,
     lost_after,
@@ -219,3 +221,41 @@ def test_limits_apply_to_channel_messages() -> None:
         )
     with pytest.raises(InvalidInput, match="deep"):
         draft_from_message("[" * 100_000 + "]" * 100_000, max_keys=10, max_bytes=10**6)
+
+
+# --- URLs ---
+
+
+def test_a_sentinel_url_names_the_sentinels_the_service_and_the_db() -> None:
+    url = SentinelUrl.parse("redis+sentinel://u:p%40ss@s1:26380,s2/mymaster/3?sentinel_password=x")
+    assert url.sentinels == [("s1", 26380), ("s2", 26379)]
+    assert (url.service, url.db, url.username, url.password) == ("mymaster", 3, "u", "p@ss")
+    assert (url.sentinel_password, url.ssl) == ("x", False)
+    plain = SentinelUrl.parse("rediss+sentinel://s1/cw")
+    assert (plain.db, plain.password, plain.ssl) == (0, None, True)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "http://h",
+        "redis://h:port/0",
+        "redis://h/abc",
+        "redis://h/٣",
+        "redis+sentinel://s1",
+        "redis+sentinel://s1/cw/x",
+        "redis+sentinel:///cw",
+        "redis+sentinel://s1:x/cw",
+    ],
+)
+def test_urls_redis_py_cannot_use_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError):
+        check_url(bad)
+
+
+@pytest.mark.parametrize(
+    "good",
+    ["redis://h", "redis://:pw@h:6380/2", "rediss://h/0?ssl_cert_reqs=none", "unix:///r.sock"],
+)
+def test_usual_urls_are_accepted(good: str) -> None:
+    assert check_url(good) == good
