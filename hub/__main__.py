@@ -7,7 +7,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from hub import logs
+from cachewire import logs
+
 from hub.errors import ConfigError
 from hub.server import Hub
 from hub.settings import HubSettings, parse

@@ -12,7 +12,9 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from sidecar import logs, telemetry
+from cachewire import logs
+
+from sidecar import telemetry
 from sidecar.errors import ConfigError
 from sidecar.settings import SidecarSettings, parse
 from sidecar.sinks.base import SinkError

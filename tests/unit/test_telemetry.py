@@ -11,11 +11,11 @@ import sys
 
 import pytest
 from cachewire import telemetry as ct
+from cachewire.logs import JsonFormatter
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from hub.logs import JsonFormatter
 from sidecar.sinks.base import Invalidation
 from tests.otlp import in_memory_tracing
 

@@ -17,6 +17,7 @@ import aiohttp
 import grpc
 import pytest
 from cachewire import telemetry as ct
+from cachewire.logs import JsonFormatter
 from cachewire.v1 import hub_pb2, hub_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -27,7 +28,6 @@ from hub import telemetry
 from hub.brokers.memory import MemoryBroker
 from hub.errors import Unavailable
 from hub.events import Draft, Event
-from hub.logs import JsonFormatter
 from hub.server import Hub
 from hub.settings import HubSettings
 from tests.otlp import in_memory_tracing

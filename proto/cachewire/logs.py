@@ -1,4 +1,9 @@
-"""JSON-lines logging for the sidecar: one object per line, plus any `extra=` fields."""
+"""JSON-lines logging for the hub and the sidecar: one object per line on stderr.
+
+Each line has `ts`, `level`, `logger` and `msg`, plus whatever `extra=` fields the call
+adds, plus `trace_id` and `span_id` while a span is active (tracing on), and `exc` when
+an exception is logged.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup(level: str) -> None:
+    """Send every log line to stderr as JSON, at `level` (debug, info, warning, error)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
