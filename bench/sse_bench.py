@@ -49,6 +49,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 HUB_CORE, LOAD_CORE = 0, 1
 PIN = True  # --no-pin: let the scheduler place the hub and the load generator
+SERVER = "cachewire"  # --server nchan: the same load against nginx + nchan
 SETTLE_TIMEOUT = 60.0  # seconds to wait for the last deliveries after the last publish
 
 
@@ -118,8 +119,60 @@ def http_ok(url: str) -> bool:
 
 
 def sse_connections(port: int) -> int:
+    if SERVER == "nchan":
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/nchan_status", timeout=10) as r:
+            status = r.read().decode()
+        return int(status.split("subscribers:")[1].split()[0])
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics/plasma", timeout=10) as r:
         return int(json.loads(r.read())["connections_sse"])
+
+
+NCHAN_CONF = """
+load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
+master_process off;
+daemon off;
+worker_processes 1;
+worker_rlimit_nofile 65536;
+pid %(dir)s/nginx.pid;
+error_log %(dir)s/error.log warn;
+events { worker_connections 65536; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  client_body_temp_path %(dir)s;
+  server {
+    listen 127.0.0.1:%(port)d;
+    location = /readyz { return 200 "ok"; }
+    location = /nchan_status { nchan_stub_status; }
+    location ~ ^/sub/(.+)$ { nchan_subscriber eventsource; nchan_channel_id $1; }
+    location ~ ^/pub/(.+)$ { nchan_publisher; nchan_channel_id $1; }
+  }
+}
+"""
+
+
+@contextmanager
+def nchan_process(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """nginx + nchan (Debian: nginx, libnginx-mod-nchan), one process, for comparison."""
+    with tempfile.TemporaryDirectory(prefix="sse-bench-nchan-") as tmp:
+        conf = Path(tmp) / "nginx.conf"
+        conf.write_text(NCHAN_CONF % {"dir": tmp, "port": port})
+        argv = ["nginx", "-c", str(conf), "-p", tmp]
+        if pinned() and PIN:
+            argv = ["taskset", "-c", str(HUB_CORE), *argv]
+        proc = subprocess.Popen(argv, cwd=tmp)
+        try:
+            deadline = time.monotonic() + 30
+            while not http_ok(f"http://127.0.0.1:{port}/readyz"):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        "nginx did not start: " + (Path(tmp) / "error.log").read_text()
+                    )
+                time.sleep(0.05)
+            yield proc
+        finally:
+            proc.terminate()
+            proc.wait(30)
 
 
 def rss_kib(pid: int) -> int:
@@ -154,7 +207,10 @@ def reader_main(pipe: Connection, port: int) -> None:
             if cmd[0] == "connect":
                 for path in cmd[1]:
                     s = socket.create_connection(("127.0.0.1", port))
-                    s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+                    request = (
+                        f"GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n"
+                    )
+                    s.sendall(request.encode())
                     s.setblocking(False)
                     socks[s.fileno()] = s
                     counts[s.fileno()] = 0
@@ -238,14 +294,21 @@ class Publisher:
         """POST the next `batch` events from first_seq; the next seq."""
         seqs = range(first_seq, min(first_seq + scenario.batch, scenario.events))
         now = time.time_ns()
-        events = [
-            b'{"type":"%s","data":"%d:%d"}' % (topic(seq % scenario.topics).encode(), seq, now)
-            for seq in seqs
-        ]
-        body = events[0] if scenario.batch == 1 else b"[%s]" % b",".join(events)
+        if SERVER == "nchan":  # the message is what subscribers get: Plasma's envelope
+            [seq] = seqs
+            channel = topic(seq % scenario.topics)
+            body = b'{"meta":{"type":"%s"},"data":"%d:%d"}' % (channel.encode(), seq, now)
+            path = b"/pub/" + channel.encode()
+        else:
+            events = [
+                b'{"type":"%s","data":"%d:%d"}' % (topic(seq % scenario.topics).encode(), seq, now)
+                for seq in seqs
+            ]
+            body = events[0] if scenario.batch == 1 else b"[%s]" % b",".join(events)
+            path = b"/v1/publish"
         s.sendall(
-            b"POST /v1/publish HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (path, len(body), body)
         )
         return seqs.stop
 
@@ -253,9 +316,12 @@ class Publisher:
     def answer(s: socket.socket) -> None:
         buf = b""
         while b"\r\n\r\n" not in buf:
-            buf += s.recv(4096)
+            data = s.recv(4096)
+            if not data:
+                raise RuntimeError("the server closed the publishing connection")
+            buf += data
         head, _, rest = buf.partition(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 200"):
+        if not head.startswith(b"HTTP/1.1 20"):
             raise RuntimeError(f"publish failed: {buf[:300]!r}")
         length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
         while len(rest) < length:
@@ -287,14 +353,17 @@ class Publisher:
             nonlocal buf, answered, ok
             if not select.select([s], [], [], max(0.0, wait))[0]:
                 return
-            buf += s.recv(1 << 16)
+            data = s.recv(1 << 16)
+            if not data:
+                raise RuntimeError("the server closed the publishing connection")
+            buf += data
             while (end := buf.find(b"\r\n\r\n")) >= 0:
                 head = buf[:end]
                 length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
                 if len(buf) < end + 4 + length:
                     return
                 answered += 1
-                ok += head.startswith(b"HTTP/1.1 200 ")
+                ok += head.startswith(b"HTTP/1.1 20")
                 buf = buf[end + 4 + length :]
 
         first = time.monotonic()
@@ -309,7 +378,7 @@ class Publisher:
         while answered < posts and time.monotonic() < deadline:
             read(1.0)
         if ok != posts:
-            raise RuntimeError(f"{ok} of {posts} POSTs answered 200 ({answered} answered)")
+            raise RuntimeError(f"{ok} of {posts} POSTs answered 2xx ({answered} answered)")
         return first
 
     def close(self) -> None:
@@ -318,7 +387,11 @@ class Publisher:
 
 
 def topic(i: int) -> str:
-    return f"bench:{i}"
+    return f"bench_{i}" if SERVER == "nchan" else f"bench:{i}"
+
+
+def subscribe_path(i: int) -> str:
+    return f"/sub/{topic(i)}" if SERVER == "nchan" else f"/?eventType={topic(i)}"
 
 
 # --- one scenario ---
@@ -340,13 +413,11 @@ def percentile(samples: list[tuple[int, int]], q: float) -> float:
 
 def run(scenario: Scenario, readers_n: int, publishers: int) -> dict[str, Any]:
     port = free_port()
-    with hub_process(port) as hub:
+    with (nchan_process if SERVER == "nchan" else hub_process)(port) as hub:
         readers = Readers(port, readers_n)
         try:
             rss_before = rss_kib(hub.pid)
-            paths = [
-                f"/?eventType={topic(i % scenario.topics)}" for i in range(scenario.subscribers)
-            ]
+            paths = [subscribe_path(i % scenario.topics) for i in range(scenario.subscribers)]
             readers.connect(paths)
             deadline = time.monotonic() + 120
             while sse_connections(port) < scenario.subscribers:
@@ -417,16 +488,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--readers", type=int, default=2, help="reader processes")
     parser.add_argument("--publishers", type=int, default=4, help="POSTs in flight at max rate")
     parser.add_argument("--no-pin", action="store_true", help="do not pin hub and load to cores")
+    parser.add_argument(
+        "--server",
+        choices=("cachewire", "nchan"),
+        default="cachewire",
+        help="nchan: the same load against nginx + nchan (Debian packages), for comparison",
+    )
     args = parser.parse_args(argv)
-    global PIN
-    PIN = not args.no_pin
+    global PIN, SERVER
+    PIN, SERVER = not args.no_pin, args.server
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 5,000 sockets and more
     scenarios = [s for s in SCENARIOS if not args.only or s.name in args.only]
-    print(f"# {machine()}; hub pinned: {pinned() and PIN}; {time.strftime('%Y-%m-%d %H:%M')}")
+    if SERVER == "nchan":  # nchan publishes one message per POST
+        scenarios = [s for s in scenarios if s.batch == 1]
+    when = time.strftime("%Y-%m-%d %H:%M")
+    print(f"# {SERVER}; {machine()}; server pinned: {pinned() and PIN}; {when}")
     print(
         "| scenario | subs | topics | events | POSTs/s | events/POST | deliveries/s | p50 ms "
-        "| p99 ms | lost | hub CPU µs/delivery | hub CPU busy | hub RSS KiB/idle conn |"
+        "| p99 ms | lost | server CPU µs/delivery | server CPU busy | server RSS KiB/idle conn |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for scenario in scenarios:
