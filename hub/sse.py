@@ -164,13 +164,28 @@ class SseSink:
             pending.clear()
             self._events_pending = 0
             return True
-        if not force and transport.get_write_buffer_size() > TRANSPORT_LIMIT:
+        buffered = transport.get_write_buffer_size()
+        if not force and buffered > TRANSPORT_LIMIT:
             return False
-        # One event: its shared bytes as they are. A burst: one write of all its chunks.
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        pending.clear()
-        self._events_pending = 0
-        transport.write(data)
+        if len(pending) == 1:  # one event: its shared bytes as they are
+            transport.write(pending[0])
+            pending.clear()
+            self._events_pending = 0
+            return True
+        # A burst: one write of its chunks, but no more than the transport limit at a time
+        # (a big replay, or a client that reads slowly, would otherwise be copied whole into
+        # its buffer); what stays pending is references to the shared bytes.
+        room, n = (1 << 62) if force else TRANSPORT_LIMIT - buffered, 0
+        for piece in pending:
+            room -= len(piece)
+            n += 1
+            if room <= 0:
+                break
+        transport.write(b"".join(pending[:n]))
+        del pending[:n]
+        self._events_pending = len(pending)
+        if pending:
+            self._flusher.mark(self)  # the next flush writes on, as the client drains
         return True
 
 

@@ -124,3 +124,33 @@ async def test_closed_transport_drops_pending_frames() -> None:
     await settle()
     assert transport.writes == []
     assert s.flush()
+
+
+def big_events(n: int) -> list[Event]:
+    return [
+        Event.from_draft(Draft("t", '"%s"' % ("x" * 16_000)), f"e-{i}", (i, 0))
+        for i in range(1, n + 1)
+    ]
+
+
+async def test_a_burst_larger_than_the_transport_limit_is_written_in_slices() -> None:
+    """At most about the limit is copied into the transport per flush; the rest stays as
+    references to the shared bytes and follows, in order, as the transport drains."""
+    s, transport = sink(queue_size=1000)
+    burst = big_events(100)  # 1.6 MB
+    for e in burst:
+        s.send(e)
+    await settle()
+    assert TRANSPORT_LIMIT <= len(transport.writes[0]) < TRANSPORT_LIMIT + 17_000
+    total = sum(len(e.sse_chunk()) for e in burst)
+    await eventually(lambda: sum(map(len, transport.writes)) == total, "every slice written")
+    assert b"".join(transport.writes) == b"".join(e.sse_chunk() for e in burst)
+
+
+async def test_close_writes_everything_pending_at_once() -> None:
+    s, transport = sink(queue_size=1000)
+    burst = big_events(40)
+    for e in burst:
+        s.send(e)
+    s.close()
+    assert transport.writes == [b"".join(e.sse_chunk() for e in burst)]
