@@ -15,6 +15,18 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
 
+from cachewire.config import (
+    choice,
+    convert,
+    csv,
+    lookup,
+    non_negative_seconds,
+    optional_port,
+    port,
+    positive_int,
+    seconds,
+)
+
 from hub.errors import ConfigError
 
 BrokerKind = Literal["memory", "redis"]
@@ -57,54 +69,9 @@ class Option:
     convert: Callable[[str], Any] = str
 
 
-def _port(text: str) -> int:
-    port = int(text)
-    if not 0 <= port <= 65535:
-        raise ValueError("a port is 0..65535")
-    return port
-
-
-def _optional_port(text: str) -> int | None:
-    return None if text.lower() in ("off", "none", "") else _port(text)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError("must be at least 1")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = float(text.removesuffix("s"))
-    if not 0 < value < 86_400:
-        raise ValueError("must be a positive number of seconds")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text.removesuffix("s"))
-    if not 0 <= value < 86_400:  # also refuses nan and inf
-        raise ValueError("must be a number of seconds, 0 or more")
-    return value
-
-
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def convert(text: str) -> str:
-        value = text.lower()
-        if value not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)}")
-        return value
-    return convert
-
-
 def _broker(text: str) -> str:
     # Plasma's default "mock" emits fake events; cachewire's embedded broker replaces it.
-    return "memory" if text.lower() == "mock" else _choice("memory", "redis")(text)
-
-
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(p.strip() for p in text.split(",") if p.strip())
+    return "memory" if text.lower() == "mock" else choice("memory", "redis")(text)
 
 
 def _redis_url(text: str) -> str:
@@ -122,31 +89,31 @@ def _query_name(text: str) -> str:
 OPTIONS: tuple[Option, ...] = (
     Option("host", "--host", "address to listen on (HTTP and gRPC)", ("CACHEWIRE_HOST",)),
     Option("http_port", "--http-port", "HTTP port: SSE, publish, health, metrics",
-           ("CACHEWIRE_HTTP_PORT", "PLASMA_PORT"), _port),
+           ("CACHEWIRE_HTTP_PORT", "PLASMA_PORT"), port),
     Option("grpc_port", "--grpc-port", "gRPC port (off: no gRPC)",
-           ("CACHEWIRE_GRPC_PORT", "PLASMA_GRPC_PORT", "PLASMA_GRPCPORT"), _optional_port),
+           ("CACHEWIRE_GRPC_PORT", "PLASMA_GRPC_PORT", "PLASMA_GRPCPORT"), optional_port),
     Option("heartbeat", "--heartbeat", "seconds between SSE heartbeat comments",
-           ("CACHEWIRE_HEARTBEAT",), _seconds),
+           ("CACHEWIRE_HEARTBEAT",), seconds),
     Option("subscribe_heartbeat", "--subscribe-heartbeat",
            "seconds between gRPC Subscribe heartbeats (carry the high-water id)",
-           ("CACHEWIRE_SUBSCRIBE_HEARTBEAT",), _seconds),
+           ("CACHEWIRE_SUBSCRIBE_HEARTBEAT",), seconds),
     Option("history", "--history", "events kept for resume",
-           ("CACHEWIRE_HISTORY",), _positive_int),
+           ("CACHEWIRE_HISTORY",), positive_int),
     Option("sse_retry", "--sse-retry", "SSE retry: value sent to clients, milliseconds",
-           ("CACHEWIRE_SSE_RETRY", "PLASMA_SSE_RETRY"), _positive_int),
+           ("CACHEWIRE_SSE_RETRY", "PLASMA_SSE_RETRY"), positive_int),
     Option("sse_event_query", "--sse-event-query", "query parameter naming SSE topics",
            ("CACHEWIRE_SSE_EVENT_QUERY", "PLASMA_SSE_EVENTQUERY"), _query_name),
     Option("cors_origin", "--cors-origin", "Access-Control-Allow-Origin value (empty: none)",
            ("CACHEWIRE_CORS_ORIGIN", "PLASMA_ORIGIN")),
     Option("max_body", "--max-body", "largest publish body, bytes",
-           ("CACHEWIRE_MAX_BODY",), _positive_int),
+           ("CACHEWIRE_MAX_BODY",), positive_int),
     Option("max_keys", "--max-keys", "most keys plus prefixes in one event",
-           ("CACHEWIRE_MAX_KEYS",), _positive_int),
+           ("CACHEWIRE_MAX_KEYS",), positive_int),
     Option("queue_size", "--queue-size",
            "events a subscriber may fall behind before it is reset and dropped",
-           ("CACHEWIRE_QUEUE_SIZE",), _positive_int),
+           ("CACHEWIRE_QUEUE_SIZE",), positive_int),
     Option("grace", "--grace", "seconds to end streams and finish requests on SIGTERM",
-           ("CACHEWIRE_GRACE",), _non_negative),
+           ("CACHEWIRE_GRACE",), non_negative_seconds),
     Option("broker", "--broker", "memory (embedded) or redis (Redis Streams, for replicas)",
            ("CACHEWIRE_BROKER", "PLASMA_SUBSCRIBER_TYPE"), _broker),
     Option("redis_url", "--redis-url",
@@ -156,12 +123,12 @@ OPTIONS: tuple[Option, ...] = (
            ("CACHEWIRE_REDIS_STREAM",)),
     Option("redis_channels", "--redis-channels",
            "comma list of Redis pub/sub channels to ingest Plasma messages from",
-           ("CACHEWIRE_REDIS_CHANNELS", "PLASMA_SUBSCRIBER_REDIS_CHANNELS"), _csv),
+           ("CACHEWIRE_REDIS_CHANNELS", "PLASMA_SUBSCRIBER_REDIS_CHANNELS"), csv),
     Option("ingest_lease", "--ingest-lease",
            "seconds a replica holds the channel-ingest lease (taken over after this)",
-           ("CACHEWIRE_INGEST_LEASE",), _seconds),
+           ("CACHEWIRE_INGEST_LEASE",), seconds),
     Option("log_level", "--log-level", "debug, info, warning or error",
-           ("CACHEWIRE_LOG_LEVEL",), _choice("debug", "info", "warning", "error")),
+           ("CACHEWIRE_LOG_LEVEL",), choice("debug", "info", "warning", "error")),
 )
 
 
@@ -192,20 +159,12 @@ def parse(cls: type[HubSettings], argv: Sequence[str],
     args = vars(build_parser().parse_args(list(argv)))
     values: dict[str, Any] = {}
     for opt in OPTIONS:
-        source, raw = opt.flag, args.get(opt.field)
-        if raw is None:
-            for name in opt.env:
-                if name in env:
-                    source, raw = name, env[name]
-                    break
+        raw = lookup(opt.flag, args.get(opt.field), env, opt.env)
         if raw is None and opt.field == "redis_url":
-            source, raw = "PLASMA_SUBSCRIBER_REDIS_ADDR", _plasma_redis_url(env)
-        if raw is None:
-            continue
-        try:
-            values[opt.field] = opt.convert(raw.strip())
-        except ValueError as exc:
-            raise ConfigError(f"{source}={raw!r}: {exc}") from None
+            plasma = _plasma_redis_url(env)
+            raw = None if plasma is None else ("PLASMA_SUBSCRIBER_REDIS_ADDR", plasma)
+        if raw is not None:
+            values[opt.field] = convert(opt.convert, raw, ConfigError)
     return cls(**values)
 
 

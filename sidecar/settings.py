@@ -17,6 +17,19 @@ from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
 from urllib.parse import urlsplit
 
+from cachewire.config import (
+    Raw,
+    choice,
+    convert,
+    csv,
+    lookup,
+    non_negative_seconds,
+    optional_port,
+    port,
+    positive_int,
+    seconds,
+)
+
 from sidecar.errors import ConfigError
 from sidecar.rules import Rule, parse_rules
 
@@ -83,38 +96,6 @@ class Option:
         return self.flag.removeprefix("--")
 
 
-def _port(text: str) -> int:
-    port = int(text)
-    if not 0 <= port <= 65535:
-        raise ValueError("a port is 0..65535")
-    return port
-
-
-def _optional_port(text: str) -> int | None:
-    return None if text.lower() in ("off", "none", "") else _port(text)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError("must be at least 1")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = float(text.removesuffix("s"))
-    if not 0 < value < 86_400:
-        raise ValueError("must be a positive number of seconds")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text.removesuffix("s"))
-    if not 0 <= value < 86_400:
-        raise ValueError("must be a number of seconds, 0 or more")
-    return value
-
-
 def _milliseconds(text: str) -> float:
     value = float(text.removesuffix("ms"))
     if not 0 <= value <= 1000:
@@ -131,19 +112,9 @@ def _bool(text: str) -> bool:
     raise ValueError("must be true or false")
 
 
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def convert(text: str) -> str:
-        value = text.lower()
-        if value not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)}")
-        return value
-
-    return convert
-
-
 def _hostport(text: str) -> str:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+    host, sep, number = text.rpartition(":")
+    if not sep or not host or not number.isdigit() or not 0 < int(number) <= 65535:
         raise ValueError("must be HOST:PORT")
     return text
 
@@ -153,7 +124,7 @@ def _optional_hostport(text: str) -> str:
 
 
 def _topics(text: str) -> tuple[str, ...]:
-    topics = tuple(p.strip() for p in text.split(",") if p.strip())
+    topics = csv(text)
     for topic in topics:
         if "" in topic.split(":") or any(ord(c) < 32 for c in topic):
             raise ValueError(f"topic {topic!r} is not a `:`-separated name")
@@ -190,7 +161,7 @@ OPTIONS: tuple[Option, ...] = (
         "memcached_prefixes",
         "--memcached-prefixes",
         "what a prefix invalidation does to memcached: flush or ignore",
-        _choice("flush", "ignore"),
+        choice("flush", "ignore"),
     ),
     Option("redis_url", "--redis-url", "Redis to guard (redis://, rediss://, unix://)", _redis_url),
     Option("redis_flush", "--redis-flush", "FLUSHDB on a gap or a flush event", _bool, True),
@@ -198,23 +169,23 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "webhook_flush", "--webhook-flush", "POST a flush on a gap or a flush event", _bool, True
     ),
-    Option("webhook_timeout", "--webhook-timeout", "seconds one webhook POST may take", _seconds),
+    Option("webhook_timeout", "--webhook-timeout", "seconds one webhook POST may take", seconds),
     Option(
         "relay_port",
         "--relay-port",
         "local relay port for the pod's app processes, on 127.0.0.1 (off: none)",
-        _optional_port,
+        optional_port,
     ),
     Option(
-        "relay_history", "--relay-history", "events the local relay keeps for resume", _positive_int
+        "relay_history", "--relay-history", "events the local relay keeps for resume", positive_int
     ),
     Option("health_host", "--health-host", "address of the health, metrics and status port"),
-    Option("health_port", "--health-port", "port of /healthz, /readyz, /metrics, /v1/*", _port),
+    Option("health_port", "--health-port", "port of /healthz, /readyz, /metrics, /v1/*", port),
     Option(
         "max_staleness",
         "--max-staleness",
         "seconds without an event or heartbeat before the caches are flushed",
-        _seconds,
+        seconds,
     ),
     Option(
         "batch_delay",
@@ -223,24 +194,26 @@ OPTIONS: tuple[Option, ...] = (
         _milliseconds,
     ),
     Option(
-        "batch_size", "--batch-size", "most invalidations applied in one round trip", _positive_int
+        "batch_size", "--batch-size", "most invalidations applied in one round trip", positive_int
     ),
     Option(
         "max_pending",
         "--max-pending",
         "invalidations kept per failing sink; past it the sink is flushed when back",
-        _positive_int,
+        positive_int,
     ),
     Option(
-        "backoff_base", "--backoff-base", "first retry delay, seconds (reconnect, sinks)", _seconds
+        "backoff_base", "--backoff-base", "first retry delay, seconds (reconnect, sinks)", seconds
     ),
-    Option("backoff_cap", "--backoff-cap", "longest retry delay, seconds", _seconds),
-    Option("grace", "--grace", "seconds to finish pending batches on SIGTERM", _non_negative),
+    Option("backoff_cap", "--backoff-cap", "longest retry delay, seconds", seconds),
+    Option(
+        "grace", "--grace", "seconds to finish pending batches on SIGTERM", non_negative_seconds
+    ),
     Option(
         "log_level",
         "--log-level",
         "debug, info, warning or error",
-        _choice("debug", "info", "warning", "error"),
+        choice("debug", "info", "warning", "error"),
     ),
 )
 _BY_KEY = {o.key: o for o in OPTIONS} | {o.field: o for o in OPTIONS}
@@ -322,26 +295,22 @@ def parse(argv: Sequence[str], env: Mapping[str, str] | None = None) -> SidecarS
     """Flags, environment and config file → settings; ConfigError names the bad one."""
     env = os.environ if env is None else env
     args = vars(build_parser().parse_args(list(argv)))
-    raw: dict[str, tuple[str, Any]] = {}
+    raw: dict[str, Raw] = {}
     for opt in OPTIONS:
-        if args.get(opt.field) is not None:
-            value = args[opt.field]
-            raw[opt.field] = (opt.flag, value if isinstance(value, bool) else str(value))
-        elif opt.env in env:
-            raw[opt.field] = (opt.env, env[opt.env])
+        value = args.get(opt.field)
+        if isinstance(value, bool):  # --[no-]memcached-flush: as a variable would say it
+            value = "true" if value else "false"
+        found = lookup(opt.flag, value, env, (opt.env,))
+        if found is not None:
+            raw[opt.field] = found
     rules: tuple[Rule, ...] = ()
     if "config" in raw and raw["config"][1]:
         from_file, rules = load_config(raw["config"][1])
         raw = {**from_file, **raw}
     values: dict[str, Any] = {"rules": rules}
     for opt in OPTIONS:
-        if opt.field not in raw:
-            continue
-        source, value = raw[opt.field]
-        try:
-            values[opt.field] = value if isinstance(value, bool) else opt.convert(value.strip())
-        except ValueError as exc:
-            raise ConfigError(f"{source}={value!r}: {exc}") from None
+        if opt.field in raw:
+            values[opt.field] = convert(opt.convert, raw[opt.field], ConfigError)
     settings = SidecarSettings(**values)
     check(settings)
     return settings
