@@ -304,12 +304,18 @@ class LinkState:
 
 
 class RedisBroker:
-    def __init__(self, settings: HubSettings, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        settings: HubSettings,
+        rng: random.Random | None = None,
+        replay_wait: float = REPLAY_WAIT,
+    ) -> None:
         self.stream = settings.redis_stream
         self.epoch_key = f"{settings.redis_stream}:epoch"
         self._url = settings.redis_url
         self._maxlen = settings.history
         self._rng = rng or random.Random()
+        self._replay_wait = replay_wait
         self.epoch = ""  # the reader's epoch: labels head_id, position, replay
         self._write_epoch = ""  # the epoch publishes check against
         self._last = "0-0"  # the newest entry id this replica's reader dispatched
@@ -482,7 +488,7 @@ class RedisBroker:
         if parsed is None:
             return Replay(reset="unknown_id", detail=f"malformed event id {after_id[:80]!r}")
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(REPLAY_WAIT):  # not wait_for: see connect()
+            async with asyncio.timeout(self._replay_wait):  # not wait_for: see connect()
                 await self._link.up.wait()
         if not self._link.up.is_set():
             return Replay(
@@ -521,7 +527,7 @@ class RedisBroker:
             info = await self._reader.xinfo_stream(self.stream)
         if pos > (parse_stream_id(str(info["last-generated-id"])) or (0, 0)):
             return False
-        deadline = time.monotonic() + REPLAY_WAIT
+        deadline = time.monotonic() + self._replay_wait
         while self._last_pos < pos:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -49,7 +49,7 @@ async def broker(redis_server: Proc) -> AsyncIterator[BrokerFactory]:
         settings = HubSettings(
             broker="redis", redis_url=f"redis://127.0.0.1:{redis_server.port}/0", **overrides
         )
-        b, seen = RedisBroker(settings), Dispatched()
+        b, seen = RedisBroker(settings, replay_wait=0.5), Dispatched()
         await b.start(seen)
         started.append(b)
         return b, seen
