@@ -306,7 +306,11 @@ def table(results: list[Result]) -> str:
 
 @contextmanager
 def baseline_tree(rev: str) -> Iterator[Path]:
-    """The hub's sources at a git revision, extracted to a temporary directory."""
+    """A directory holding a `hub` package: `rev` itself if it is one, else the hub's
+    sources at git revision `rev`, extracted to a temporary directory."""
+    if (Path(rev) / "hub" / "__main__.py").is_file():
+        yield Path(rev)
+        return
     with tempfile.TemporaryDirectory(prefix="cachewire-baseline-") as tmp:
         archive = subprocess.run(
             ["git", "archive", rev, "hub"], cwd=ROOT, check=True, capture_output=True
@@ -390,7 +394,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--baseline",
         metavar="REV",
-        help="also run the hub of this git revision, side by side with the working tree's",
+        help="also run the hub of this git revision (or of this directory holding a `hub` "
+        "package), side by side with the working tree's",
     )
     parser.add_argument(
         "--rounds", type=int, default=1, help="rounds per figure; the median is reported"
