@@ -1,5 +1,6 @@
-"""sidecar.client's pure core: applying events to a cache, and fills that cannot outlive
-an invalidation (the race cachetools.cached leaves open). No I/O, no clock."""
+"""The client library's pure core (sidecar.guard, and topics in sidecar.client): applying
+events to a cache, and fills that cannot outlive an invalidation (the race cachetools.cached
+leaves open). No I/O, no clock."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import cachetools
 import pytest
 
 from sidecar._backoff import next_delay
-from sidecar.client import CacheGuard, matches, parse_topics
+from sidecar.client import matches, parse_topics
+from sidecar.guard import CacheGuard
 
 WAIT = 10.0  # generous bound for barriers; never reached when the test passes
 
@@ -263,3 +265,11 @@ def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
     assert next_delay(10_000, 0.1, 5.0, rng=lambda: 1.0) == pytest.approx(5.0)
     with pytest.raises(ValueError):
         next_delay(-1)
+
+
+def test_sidecar_client_re_exports_the_guard() -> None:
+    """Apps that import CacheGuard from sidecar.client get the class of sidecar.guard."""
+    import sidecar.client
+
+    assert sidecar.client.CacheGuard is CacheGuard
+    assert {"CacheGuard", "Invalidator", "matches", "parse_topics"} <= set(sidecar.client.__all__)
