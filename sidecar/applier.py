@@ -1,12 +1,11 @@
 """The applier: the hub's events, in id order, become batches applied to every sink.
 
-Per sink there is a bounded queue of pending invalidations and one worker. The worker
-applies a batch once it is full (`batch_size`) or its first invalidation has waited
-`batch_delay`, whichever comes first; a failed batch stays at the head of the queue and is
-retried with capped exponential backoff, growing as more invalidations arrive. A flush
-subsumes everything pending before it, so past `max_pending` a sink's queue is replaced
-by one flush, done when the sink is back (or, with flush turned off, the oldest are
-dropped: logged and counted).
+Per sink there is a bounded queue of pending invalidations (its `Slot`, sidecar.state)
+and one worker (sidecar.worker) that applies it in batches, retrying a failed batch with
+capped exponential backoff while more invalidations arrive. A flush subsumes everything
+pending before it, so past `max_pending` a sink's queue is replaced by one flush, done
+when the sink is back (or, with flush turned off, the oldest are dropped: logged and
+counted).
 
 Staleness: the sidecar may have missed invalidations when it starts, when the hub sends a
 reset, or when it has heard nothing (no event, no heartbeat) for `max_staleness`. Then it
@@ -24,14 +23,11 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from itertools import islice
 from typing import Any
 
 from cachewire import telemetry as ct
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from sidecar import telemetry
 from sidecar.errors import InvalidInput
 from sidecar.metrics import Metrics
 from sidecar.positions import Epochs, Pos, min_id, parse_id
@@ -46,9 +42,9 @@ from sidecar.state import (
     Staleness,
     batch_due_in,
 )
-from sidecar.stream import next_delay
+from sidecar.worker import Worker
 
-__all__ = ["Applier", "Item", "Notifier", "Slot", "Staleness", "batch_due_in"]
+__all__ = ["Applier", "Item", "Notifier", "Slot", "Staleness", "Worker", "batch_due_in"]
 
 log = logging.getLogger("cachewire.sidecar.applier")
 
@@ -72,13 +68,26 @@ class Applier:
         self.slots = list(slots)
         self.rules = rules or Rules()
         self.metrics = metrics or Metrics()
-        self.batch_size, self.batch_delay, self.max_pending = batch_size, batch_delay, max_pending
-        self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
+        self.max_pending = max_pending
         self.clock = clock
-        self.rng = rng or random.Random()
         self.epochs = Epochs()
         self.staleness = Staleness(max_staleness, clock())
         self.changed = Notifier()
+        shared_rng = rng or random.Random()
+        self.workers = [
+            Worker(
+                slot,
+                self.metrics,
+                self.changed,
+                batch_size=batch_size,
+                batch_delay=batch_delay,
+                backoff_base=backoff_base,
+                backoff_cap=backoff_cap,
+                clock=clock,
+                rng=shared_rng,
+            )
+            for slot in self.slots
+        ]
         self.connected = False
         self.accepted: Pos | None = None  # the stream position the hub will resume after
         self.last_event_id = ""
@@ -89,7 +98,6 @@ class Applier:
             "the sidecar started: what it missed before is unknown",
         )
         self._closing = False
-        self._draining = False
         self._tasks: list[asyncio.Task[None]] = []  # the sink workers
         self._watcher: asyncio.Task[None] | None = None
         self.metrics.watch(
@@ -99,22 +107,22 @@ class Applier:
     # --- lifecycle ---
 
     def start(self) -> None:
-        for slot in self.slots:
-            self._tasks.append(asyncio.create_task(self._run(slot), name=f"sink-{slot.name}"))
+        for worker in self.workers:
+            name = f"sink-{worker.slot.name}"
+            self._tasks.append(asyncio.create_task(worker.run(), name=name))
         self._watcher = asyncio.create_task(self._watch(), name="staleness")
 
     async def stop(self, grace: float) -> None:
         """Apply what is pending within `grace`; the operation in flight always completes."""
-        self._draining = True  # no more events come: batches need not wait to fill
-        for slot in self.slots:
-            slot.wake.set()
+        for worker in self.workers:
+            worker.drain()  # no more events come: batches need not wait to fill
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 await self.changed.wait_for(lambda: all(s.idle for s in self.slots))
         self._closing = True
         self.changed.notify()
-        for slot in self.slots:
-            slot.wake.set()
+        for worker in self.workers:
+            worker.close()
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
@@ -320,7 +328,7 @@ class Applier:
     def _contact(self) -> None:
         self.staleness.contact(self.clock())
 
-    # --- workers ---
+    # --- staleness ---
 
     def tick(self) -> None:
         """Flush when the hub has been silent for max_staleness, and again while it stays so."""
@@ -343,111 +351,3 @@ class Applier:
                 log.exception("staleness check failed")
             now = self.clock()
             await asyncio.sleep(max(0.005, self.staleness.next_check(now) - now))
-
-    async def _run(self, slot: Slot) -> None:
-        while not self._closing:
-            try:
-                await self._step(slot)
-            except Exception:  # a bug must not stop this sink for good: log, pause, go on
-                slot.busy = False
-                log.exception("sink worker error", extra={"sink": slot.name})
-                await slot.wait(self.backoff_cap)
-
-    async def _step(self, slot: Slot) -> None:
-        """One turn of a sink's worker: a flush, a wait, or a batch."""
-        if slot.flush_cause is not None:
-            await self._flush(slot)
-        elif not slot.pending:
-            await slot.wait()
-        else:
-            due = batch_due_in(
-                len(slot.pending),
-                slot.pending[0].arrived,
-                self.clock(),
-                self.batch_size,
-                self.batch_delay,
-            )
-            if due > 0 and not self._draining:
-                await slot.wait(due)
-            else:
-                await self._apply(slot, list(islice(slot.pending, self.batch_size)))
-
-    async def _apply(self, slot: Slot, batch: list[Item]) -> None:
-        invs = [item.inv for item in batch]
-        slot.busy = True
-        token = None
-        if batch[0].span is not None and batch[0].span.is_valid:  # a child of its receive span
-            parent = trace.set_span_in_context(trace.NonRecordingSpan(batch[0].span))
-            token = otel_context.attach(parent)
-        try:
-            with telemetry.apply_span(slot.name, invs):
-                await slot.sink.apply(invs)
-        except Exception as exc:
-            slot.busy = False
-            await self._failed(slot, "apply", exc)
-            return
-        finally:
-            if token is not None:
-                otel_context.detach(token)
-        slot.busy = False
-        members = {id(item) for item in batch}
-        while slot.pending and id(slot.pending[0]) in members:
-            slot.pending.popleft()
-        for item in reversed(batch):
-            if item.pos is not None:
-                slot.applied = item.pos
-                break
-        self.metrics.lag.observe(slot.name, invs)
-        self.metrics.applied.labels(slot.name).inc(len(batch))
-        self.metrics.batches.labels(slot.name).inc()
-        self._succeeded(slot)
-
-    async def _flush(self, slot: Slot) -> None:
-        gen, cause, covers = slot.flush_gen, slot.flush_cause, slot.flush_covers
-        assert cause is not None
-        slot.busy = True
-        try:
-            with telemetry.flush_span(slot.name, cause):
-                await slot.sink.flush(f"{cause}: {slot.flush_detail}")
-        except Exception as exc:
-            slot.busy = False
-            await self._failed(slot, "flush", exc)
-            return
-        slot.busy = False
-        if slot.flush_gen == gen:
-            slot.flush_cause = None
-        if covers is not None:
-            slot.applied = covers
-        self.metrics.flushes.labels(slot.name, cause).inc()
-        log.info(
-            "sink flushed", extra={"sink": slot.name, "cause": cause, "detail": slot.flush_detail}
-        )
-        self._succeeded(slot)
-
-    def _succeeded(self, slot: Slot) -> None:
-        if slot.failing:
-            log.info("sink recovered", extra={"sink": slot.name, "pending": len(slot.pending)})
-        slot.failing, slot.attempt, slot.overflowing = False, 0, False
-        self.changed.notify()
-
-    async def _failed(self, slot: Slot, what: str, exc: Exception) -> None:
-        slot.errors += 1
-        slot.failing = True
-        slot.last_error = f"{type(exc).__name__}: {exc}"
-        self.metrics.sink_errors.labels(slot.name).inc()
-        delay = next_delay(slot.attempt, self.backoff_base, self.backoff_cap, self.rng.random)
-        slot.attempt += 1
-        log.warning(
-            f"sink {what} failed; retrying",
-            extra={
-                "sink": slot.name,
-                "error": slot.last_error,
-                "pending": len(slot.pending),
-                "retry_in": round(delay, 3),
-                "attempt": slot.attempt,
-            },
-        )
-        self.changed.notify()
-        deadline = self.clock() + delay
-        while not self._closing and (left := deadline - self.clock()) > 0:
-            await slot.wait(left)
