@@ -108,6 +108,9 @@ def start_redis(port: int | None = None, *, persist_dir: Path | None = None,
             "--appendonly", "no"]
     if persist_dir is not None:
         args += ["--dir", str(persist_dir), "--appendonly", "yes", "--appendfsync", "always"]
+    else:
+        # Its own directory: nothing it might write (a replica's sync) lands in the repo.
+        args += ["--dir", tempfile.mkdtemp(prefix="cachewire-redis-")]
     popen, log_path = _spawn([*args, *extra])
     proc = Proc(popen, {"redis": port}, log_path)
     wait_for(lambda: port_answers(port), what=f"redis-server on {port}")
