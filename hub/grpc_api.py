@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from cachewire.v1 import hub_pb2
 
+from hub import telemetry
 from hub.brokers.base import ResetReason
 from hub.errors import HubError, InvalidInput, Unavailable
 from hub.events import Draft, Event, data_json_from_text, make_draft, parse_topics
@@ -307,7 +308,7 @@ class HubService:
     ) -> hub_pb2.PublishResponse:
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         drafts = drafts_from_request(request, metadata, self._hub.settings.max_keys)
-        events = await self._hub.broker.publish(drafts)
+        events = await telemetry.publish(self._hub.broker, drafts, "grpc", metadata)
         return hub_pb2.PublishResponse(ids=[e.id for e in events])
 
     async def Subscribe(self, request: hub_pb2.SubscribeRequest, context: Any) -> None:

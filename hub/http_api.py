@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from cachewire.telemetry import exposition
 
 from hub import sse, telemetry
 from hub.errors import HubError, TooLarge
@@ -100,9 +100,10 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    resp = web.Response(body=generate_latest(request.app[sse.HUB].registry))
-    resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
-    return resp
+    """Prometheus text, or OpenMetrics (which carries exemplars) when the scraper asks."""
+    registry = request.app[sse.HUB].registry
+    body, content_type = exposition(registry, request.headers.get("Accept", ""))
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 async def plasma_metrics(request: web.Request) -> web.Response:

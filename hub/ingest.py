@@ -33,6 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from hub import telemetry
 from hub.brokers.redis import (
     BACKOFF_BASE,
     BACKOFF_CAP,
@@ -222,7 +223,7 @@ class ChannelIngest:
         if not drafts:
             return
         try:
-            await self._hub.broker.publish(drafts)
+            await telemetry.publish(self._hub.broker, drafts, "redis")
         except Exception as exc:  # Unavailable, or a bug: log it, never stop ingesting
             self.counts["failed"] += len(drafts)
             log.error(

@@ -1,30 +1,42 @@
 """The hub's tracing: setup at start, flush at stop, and the publish span every path shares.
 
-`publish(broker, drafts)` is what the HTTP (and gRPC) publish handlers call instead of
-`broker.publish`. With tracing on it records, following the messaging conventions:
+`publish(broker, drafts, transport)` is what every publish path calls instead of
+`broker.publish`: HTTP `POST /v1/publish`, gRPC `Publish` and Plasma channel ingest. With
+tracing on it records ONE `publish` span per request (PRODUCER, operation type `send`,
+following the messaging conventions), whatever the number of events:
 
-- one event: a `publish` span (PRODUCER, operation type `send`) whose context is the
-  event's creation context;
-- several: one `create` span (PRODUCER) per event, and a `publish` span (CLIENT) with
-  `messaging.batch.message_count` linking to each of them.
+- its parent is the publisher's context (HTTP `traceparent` header, gRPC metadata or
+  `EventInput.traceparent`); without one, a new trace starts here;
+- every event of the request carries the publish span's context as its creation context
+  (the `traceparent` stored in the event, the one every subscriber and every replay
+  receives), so downstream spans (sidecar receive and apply) continue the trace from it;
+- when the events of one request brought different contexts (gRPC
+  `EventInput.traceparent` per event), the parent is the request's own (gRPC metadata) or
+  none, and the span links to each other context (`request_context`).
 
-The publisher's traceparent (HTTP header, gRPC metadata or field) is the parent of these
-spans, or a new trace starts here without one. The traceparent stored in each event, the
-one every subscriber receives, is replaced by the event's creation context, so downstream
-spans (sidecar receive and apply) continue the trace from the hub. With tracing off the
-publisher's traceparent passes through unchanged.
+A batch thus costs one span, not one per event: per event there is only a copy of its
+draft with the new traceparent. With tracing off the publisher's traceparent passes
+through unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 from cachewire import telemetry as ct
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer, use_span
+from opentelemetry import trace
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    use_span,
+)
 
 from hub.brokers.base import Broker
 from hub.events import Draft, Event
@@ -44,14 +56,88 @@ async def flush() -> None:
         log.warning("tracing: not every span was exported before the flush timeout")
 
 
-async def publish(broker: Broker, drafts: Sequence[Draft], transport: str = "http") -> list[Event]:
-    """`broker.publish(drafts)` inside the publish span(s) when tracing is on."""
+async def publish(
+    broker: Broker,
+    drafts: Sequence[Draft],
+    transport: str = "http",
+    carrier: Mapping[str, str] | None = None,
+) -> list[Event]:
+    """`broker.publish(drafts)` inside the request's publish span when tracing is on.
+
+    `carrier` holds the request's own `traceparent`/`tracestate` (gRPC metadata): the
+    parent when the events brought different contexts.
+    """
     tracer = ct.tracer()
     if tracer is None:
         return _published(await broker.publish(drafts), transport)
-    if len(drafts) == 1:
-        return await _publish_one(tracer, broker, drafts[0], transport)
-    return await _publish_batch(tracer, broker, drafts, transport)
+    parent, links = request_context(drafts, carrier)
+    attrs = ct.message_attributes(drafts, "publish", "send")
+    attrs[ct.ATTR_TRANSPORT] = transport
+    span = tracer.start_span(
+        "publish",
+        None if parent is None else trace.set_span_in_context(NonRecordingSpan(parent)),
+        SpanKind.PRODUCER,  # its context is every event's creation context
+        attrs,
+        links,
+    )
+    with use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
+        tp, ts = ct.traceparent_of(span.get_span_context())
+        try:
+            events = await broker.publish([_stamped(d, tp, ts) for d in drafts])
+        except Exception as exc:
+            _failed(span, exc)
+            raise
+        if len(events) == 1:
+            span.set_attribute(ct.ATTR_MESSAGE_ID, events[0].id)
+        return _published(events, transport)
+
+
+def request_context(
+    drafts: Sequence[Draft], carrier: Mapping[str, str] | None = None
+) -> tuple[SpanContext | None, list[Link]]:
+    """The publish span's parent, and links to the other contexts the events brought.
+
+    When every event carries the same context (always over HTTP: the request's headers),
+    it is the parent. When they differ (gRPC `EventInput.traceparent` per event), the
+    parent is the carrier's context (gRPC metadata), or none (a new trace), and each
+    distinct event context other than the parent is linked once.
+    """
+    if not drafts:
+        return None, []
+    first = drafts[0]
+    if all(d.traceparent == first.traceparent for d in drafts):
+        return ct.span_context(first.traceparent, first.tracestate), []
+    parent = None
+    if carrier is not None:
+        parent = ct.span_context(carrier.get("traceparent", ""), carrier.get("tracestate", ""))
+    links: list[Link] = []
+    seen: set[str] = set()
+    for d in drafts:
+        if d.traceparent and d.traceparent not in seen:
+            seen.add(d.traceparent)
+            sc = ct.span_context(d.traceparent, d.tracestate)
+            if sc is not None and (parent is None or _ids(sc) != _ids(parent)):
+                links.append(Link(sc))
+    return parent, links
+
+
+def _ids(sc: SpanContext) -> tuple[int, int]:
+    return sc.trace_id, sc.span_id
+
+
+def _stamped(draft: Draft, traceparent: str, tracestate: str) -> Draft:
+    """The draft carrying the publish span's context (a direct copy: cheaper than
+    dataclasses.replace, and this runs once per event)."""
+    return Draft(
+        draft.type,
+        draft.data_json,
+        draft.keys,
+        draft.prefixes,
+        draft.flush,
+        traceparent,
+        tracestate,
+        draft.published_at,
+    )
 
 
 def _published(events: list[Event], transport: str) -> list[Event]:
@@ -59,78 +145,6 @@ def _published(events: list[Event], transport: str) -> list[Event]:
     if log.isEnabledFor(logging.DEBUG):
         log.debug("published", extra={"ids": [e.id for e in events], "transport": transport})
     return events
-
-
-def _attributes(
-    drafts: Sequence[Draft], operation: str, operation_type: str, transport: str
-) -> dict[str, Any]:
-    attrs = ct.message_attributes(drafts, operation, operation_type)
-    attrs[ct.ATTR_TRANSPORT] = transport
-    return attrs
-
-
-async def _publish_one(tracer: Tracer, broker: Broker, draft: Draft, transport: str) -> list[Event]:
-    span = tracer.start_span(
-        "publish",
-        ct.parent_context(draft.traceparent, draft.tracestate),
-        SpanKind.PRODUCER,
-        _attributes([draft], "publish", "send", transport),
-    )
-    with use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
-        tp, ts = ct.traceparent_of(span.get_span_context())
-        try:
-            events = await broker.publish(
-                [dataclasses.replace(draft, traceparent=tp, tracestate=ts)]
-            )
-        except Exception as exc:
-            _failed(span, exc)
-            raise
-        span.set_attribute(ct.ATTR_MESSAGE_ID, events[0].id)
-        return _published(events, transport)
-
-
-async def _publish_batch(
-    tracer: Tracer, broker: Broker, drafts: Sequence[Draft], transport: str
-) -> list[Event]:
-    # One creation context per event, then the publish span that links to all of them.
-    creates: list[Span] = []
-    stamped: list[Draft] = []
-    for draft in drafts:
-        span = tracer.start_span(
-            "create",
-            ct.parent_context(draft.traceparent, draft.tracestate),
-            SpanKind.PRODUCER,
-            _attributes([draft], "create", "create", transport),
-        )
-        tp, ts = ct.traceparent_of(span.get_span_context())
-        creates.append(span)
-        stamped.append(dataclasses.replace(draft, traceparent=tp, tracestate=ts))
-    # The publisher's context, when the whole request shares one (HTTP header, gRPC metadata).
-    shared = {(d.traceparent, d.tracestate) for d in drafts}
-    parent = ct.parent_context(*shared.pop()) if len(shared) == 1 else None
-    publish_span = tracer.start_span(
-        "publish",
-        parent,
-        SpanKind.CLIENT,
-        _attributes(drafts, "publish", "send", transport),
-        links=[Link(s.get_span_context()) for s in creates],
-    )
-    try:
-        with use_span(
-            publish_span, end_on_exit=True, record_exception=False, set_status_on_exception=False
-        ):
-            try:
-                events = await broker.publish(stamped)
-            except Exception as exc:
-                for span in (publish_span, *creates):
-                    _failed(span, exc)
-                raise
-            for span, event in zip(creates, events, strict=True):
-                span.set_attribute(ct.ATTR_MESSAGE_ID, event.id)
-            return _published(events, transport)
-    finally:
-        for span in creates:
-            span.end()
 
 
 def _failed(span: Span, exc: BaseException) -> None:

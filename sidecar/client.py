@@ -36,6 +36,7 @@ from typing import Any, ParamSpec, TypeVar
 import grpc
 from cachewire.v1 import hub_pb2, hub_pb2_grpc
 
+from sidecar import telemetry
 from sidecar._backoff import next_delay
 from sidecar.guard import CacheGuard, EventLike
 
@@ -227,7 +228,8 @@ class Invalidator:
         kind = message.WhichOneof("message")
         if kind == "events":
             events = message.events.events
-            self.guard.apply(events)
+            with telemetry.client_apply_span("cachetools", events):  # no-op with tracing off
+                self.guard.apply(events)
             self.stats.applied += len(events)
             for event in events:
                 self._remember(event.id)

@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -360,9 +360,14 @@ class LagHistogram:
 
     def observe(self, seconds: float, trace_id: str = "", **labels: str) -> None:
         """Record one lag; `trace_id` (32 hex digits) becomes the bucket's exemplar."""
-        exemplar = {"trace_id": trace_id} if trace_id and trace_id != _ZERO_TRACE else None
+        self.observe_many(((seconds, trace_id),), **labels)
+
+    def observe_many(self, lags: Iterable[tuple[float, str]], **labels: str) -> None:
+        """Record (seconds, trace_id) pairs under one label set, looked up once."""
         target = self.histogram.labels(**labels) if self._labelnames else self.histogram
-        target.observe(max(0.0, seconds), exemplar)
+        for seconds, trace_id in lags:
+            exemplar = {"trace_id": trace_id} if trace_id and trace_id != _ZERO_TRACE else None
+            target.observe(max(0.0, seconds), exemplar)
 
 
 def exposition(registry: CollectorRegistry, accept: str) -> tuple[bytes, str]:
