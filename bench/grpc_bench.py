@@ -1,8 +1,8 @@
 """gRPC fan-out: events/s delivered to K subscribers, and latency, Plasma Events vs Subscribe.
 
-Starts a `cachewire-hub` process (memory broker) and, in this process, K gRPC subscribers
-(each on its own channel, so its own TCP connection) plus one publisher using the hub's
-gRPC Publish. For each transport and K:
+Starts a hub process (`python -m hub`, memory broker) and, in this process, K gRPC
+subscribers (each on its own channel, so its own TCP connection) plus one publisher using
+the hub's gRPC Publish. For each transport and K:
 
 - throughput: N events are published in batches of 500 as fast as the hub acknowledges;
   the clock runs from the first publish to the last event read by the last subscriber;
@@ -10,12 +10,17 @@ gRPC Publish. For each transport and K:
 - latency: events are published one per Publish call, paced (not a burst), each carrying
   the publisher's clock; latency = the subscriber's read time minus that, over every
   (subscriber, event) pair; p50 and p99 are reported.
+- CPU: the hub process's and this process's CPU time during the throughput phase, per
+  delivered event (the steadiest figure on a shared machine).
 
 Publisher, subscribers and hub share the machine: on 2 cores the clients' own decoding is
-part of what is measured (see bench/RESULTS.md).
+part of what is measured (see bench/RESULTS.md). `--baseline REV` also starts the hub of
+another git revision (or directory) and alternates the two in every round, so that a
+before/after comparison sees the same load; `--rounds N` reports medians.
 
     .venv/bin/python bench/grpc_bench.py                 # K = 1, 10, 100
     .venv/bin/python bench/grpc_bench.py --k 1 10 --events 5000
+    .venv/bin/python bench/grpc_bench.py --transports plasma --baseline HEAD~1 --rounds 3
 """
 
 from __future__ import annotations
@@ -332,7 +337,9 @@ async def main_async(args: argparse.Namespace) -> None:
         for r in range(args.rounds):
             for k in args.k:
                 for transport in transports:
-                    for hub in hubs:  # variants side by side, so they share the load
+                    # Variants side by side, so that they share the load; which goes first
+                    # alternates, so that neither always meets a warmer or colder machine.
+                    for hub in hubs if r % 2 == 0 else hubs[::-1]:
                         n = events_for(k, args.deliveries, args.events)
                         res = await run_one(hub, transport, k, n, args.latency_events, args.rate)
                         print(
