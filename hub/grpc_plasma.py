@@ -113,11 +113,6 @@ class StreamWriter:
         self.written = 0
         self.held = 0  # of which held
 
-    @property
-    def holds(self) -> bool:
-        """Whether this stream can hold messages back (grpcio's internals as expected)."""
-        return self._call is not None
-
     async def write(self, message: bytes, more: bool = False) -> bool:
         """Send one message; False when the client has gone away (its stream just ends).
 
@@ -214,9 +209,9 @@ class StreamService:
         holder: list[Subscription] = []  # the subscription, once the first Request came
         peer, started = context.peer(), time.monotonic()
         log.info("grpc plasma stream opened", extra={"peer": peer})
-        self._streams.add(sink.outbox)
-        reader = asyncio.create_task(self._read(requests, sink, holder))
         writer, box = StreamWriter(context), sink.outbox
+        self._streams.add(box)
+        reader = asyncio.create_task(self._read(requests, sink, holder))
         try:
             async for message in sink.messages():
                 if not await writer.write(message, more=bool(box.items)):

@@ -91,7 +91,7 @@ async def read_n(call: Any, n: int) -> list[Any]:
         return [await call.read() for _ in range(n)]
 
 
-def closed_record(caplog: pytest.LogCaptureFixture, count: int) -> list[logging.LogRecord]:
+def closed_records(caplog: pytest.LogCaptureFixture, count: int) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.getMessage() == "grpc plasma stream closed"][:count]
 
 
@@ -123,7 +123,7 @@ async def test_a_burst_reaches_every_subscriber_byte_exact_in_order_and_held(
         call.cancel()
     done.set()
     await stream_closed(hub)
-    for record in closed_record(caplog, 2):
+    for record in closed_records(caplog, 2):
         assert record.__dict__["messages"] == n + 1
         assert record.__dict__["held"] > 0, "grpcio's internals changed: see StreamWriter"
 
@@ -168,7 +168,7 @@ async def test_without_grpcio_internals_every_message_is_flushed(
     call.cancel()
     done.set()
     await stream_closed(hub)
-    [record] = closed_record(caplog, 1)
+    [record] = closed_records(caplog, 1)
     assert (record.__dict__["messages"], record.__dict__["held"]) == (50, 0)
 
 
@@ -198,7 +198,7 @@ async def test_a_held_write_refused_by_grpcio_falls_back_and_loses_nothing(
     done.set()
 
 
-async def test_a_connection_dropped_with_writes_held_leaves_no_error_in_the_log(
+async def test_a_connection_dropped_mid_burst_leaves_no_error_in_the_log(
     hub: Hub, channel: grpc.aio.Channel, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -209,7 +209,7 @@ async def test_a_connection_dropped_with_writes_held_leaves_no_error_in_the_log(
         [sub] = hub.fanout.subscriptions("grpc_plasma")
         big = '"' + "x" * 16_000 + '"'
         # The client reads nothing: its socket and HTTP/2 window fill, the hub's writer
-        # waits on a held write, and events stay queued behind it.
+        # waits in the middle of a burst, and events stay queued behind it.
         for _ in range(2000):
             await hub_pb2_grpc.HubStub(channel).Publish(
                 hub_pb2.PublishRequest(events=[hub_pb2.EventInput(type="t", data=big)] * 20),
