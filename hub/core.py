@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
-from hub.brokers.base import Broker, ResetReason
+from hub.brokers.base import Broker, Replay, ResetReason
 from hub.events import Event, Position, matches, type_prefixes
 
 
@@ -43,7 +43,16 @@ class Sink(Protocol):
 
 
 class Subscription:
-    __slots__ = ("_buffer", "_fanout", "_skip_through", "closed", "seam", "sink", "topics")
+    __slots__ = (
+        "_buffer",
+        "_fanout",
+        "_reset",
+        "_skip_through",
+        "closed",
+        "seam",
+        "sink",
+        "topics",
+    )
 
     def __init__(self, fanout: Fanout, topics: frozenset[str], sink: Sink) -> None:
         self._fanout = fanout
@@ -57,6 +66,9 @@ class Subscription:
         self._skip_through: Position | None = None
         # The head when registered: after a reset, delivery continues from here.
         self.seam = fanout.last_id
+        # A new epoch began while a resume replayed the old one: the replay is void, and
+        # this reset is sent in its place.
+        self._reset: Replay | None = None
 
     def deliver(self, event: Event) -> None:
         if self._buffer is not None:
@@ -134,6 +146,8 @@ class Fanout:
         if sub.closed:
             return sub
         buffered, sub._buffer = sub._buffer or [], None
+        if sub._reset is not None:
+            replay = sub._reset
         if replay.reset is not None:
             sink.reset(replay.reset, replay.detail, sub.seam)
             last: Position | None = None
@@ -179,6 +193,19 @@ class Fanout:
                 subs.discard(sub)
                 if not subs:
                     del self._index[topic]  # no empty tables left behind (Plasma leaks them)
+
+    def reset_all(self, reason: ResetReason, detail: str) -> None:
+        """The broker began a new epoch: every subscription is reset to its start (the
+        broker's head now) and goes on with live events; heartbeats carry the new head."""
+        self.last_id = self.broker.head_id()
+        self.last_pos = self.broker.position(self.last_id) or (0, 0)
+        for sub in self.subscriptions():
+            sub.seam = self.last_id
+            if sub._buffer is not None and sub._skip_through is None:  # replaying
+                sub._buffer, sub._reset = [], Replay(reset=reason, detail=detail)
+            else:
+                sub._buffer = sub._skip_through = None
+                sub.sink.reset(reason, detail, self.last_id)
 
     def drop_slow(self, sub: Subscription) -> None:
         """Overflow: reset and disconnect this subscriber alone; everyone else goes on."""

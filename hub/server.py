@@ -64,7 +64,7 @@ class Hub:
         s = self.settings
         telemetry.setup()  # tracing from OTEL_* (once per process; off when unset)
         # 1. The broker first: nothing is served before ids and history work.
-        await self.broker.start(self.fanout.dispatch)
+        await self.broker.start(self.fanout.dispatch, self.fanout.reset_all)
         self.fanout.last_id = self.broker.head_id()
         self.fanout.last_pos = self.broker.position(self.fanout.last_id) or (0, 0)
         # 2. HTTP: SSE, publish, health, metrics.

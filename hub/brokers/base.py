@@ -4,7 +4,8 @@ Ids are "<epoch>-<position>". The epoch names one history: the memory broker dra
 one at each start; the Redis broker keeps one per stream and draws a new one when the
 stream was lost. A broker publishes to history first, then dispatches the new events, in
 id order, to the callback given to `start` (the fan-out). Every replica of the hub sees
-every event of the stream through that callback.
+every event of the stream through that callback. When a running broker starts a new epoch
+(its history was lost), it calls `on_reset` instead, between two dispatches.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from hub.events import Draft, Event, Position
 
 ResetReason = Literal["history_expired", "epoch_changed", "unknown_id", "slow_consumer"]
 Dispatch = Callable[[Sequence[Event]], None]
+# (reason, detail): called once head_id() is the new epoch's "before its first event" id.
+OnReset = Callable[[ResetReason, str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +32,10 @@ class Replay:
 
 
 class Broker(Protocol):
-    async def start(self, dispatch: Dispatch) -> None:
-        """Connect, and from now on call `dispatch` with every new event, in order."""
+    async def start(self, dispatch: Dispatch, on_reset: OnReset | None = None) -> None:
+        """Connect, and from now on call `dispatch` with every new event, in order, and
+        `on_reset` when the history is replaced by a new epoch's. May return before the
+        backend answers: `ready()` says when publish and replay work."""
 
     async def stop(self) -> None: ...
 

@@ -6,7 +6,7 @@ import re
 import secrets
 from collections.abc import Sequence
 
-from hub.brokers.base import Dispatch, Replay, split_id
+from hub.brokers.base import Dispatch, OnReset, Replay, split_id
 from hub.events import Draft, Event, Position
 
 # ASCII digits only ("²".isdigit() is true) and short enough for int() (Plasma's ids are
@@ -24,7 +24,8 @@ class MemoryBroker:
         self._head = 0  # sequence of the newest event; 0 before any
         self._dispatch: Dispatch | None = None
 
-    async def start(self, dispatch: Dispatch) -> None:
+    async def start(self, dispatch: Dispatch, on_reset: OnReset | None = None) -> None:
+        """`on_reset` is never called: the epoch lasts as long as the process."""
         self._dispatch = dispatch
 
     async def stop(self) -> None:

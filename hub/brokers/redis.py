@@ -8,8 +8,10 @@ id it saw) that turns entries into events and dispatches them in stream order.
 
 The epoch is a random token in the key "<stream>:epoch". When Redis loses the stream
 (restart without persistence, a deleted key), the next client to notice writes a new
-epoch; resumes from ids of the old epoch then get an "epoch_changed" reset. Each entry
-also records the epoch it was written under, so a reader labels every event truthfully.
+epoch; resumes from ids of the old epoch then get an "epoch_changed" reset, and so does
+every live subscriber of a replica whose reader moves to the new epoch (`on_reset`): what
+was appended but not yet read when the stream was lost is gone. Each entry also records
+the epoch it was written under, so a reader labels every event truthfully.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from hub.brokers.base import Dispatch, Replay
+from hub.brokers.base import Dispatch, OnReset, Replay
 from hub.errors import Unavailable
 from hub.events import Draft, Event, Position
 from hub.settings import HubSettings
@@ -321,11 +323,13 @@ class RedisBroker:
         self._last = "0-0"  # the newest entry id this replica's reader dispatched
         self._last_pos: Position = (0, 0)
         self._dead: set[str] = set()  # epochs replaced while this replica ran
+        self._suspect: str | None = None  # an entry's unknown epoch: ask Redis which is current
         self._length = 0
         self._refreshed_at = 0.0
         self._progress = asyncio.Event()
         self._link = LinkState("redis broker")
         self._dispatch: Dispatch | None = None
+        self._on_reset: OnReset | None = None
         self._task: asyncio.Task[None] | None = None
         self._writer = connect(self._url, retries=1)
         self._reader = connect(self._url, retries=0)
@@ -334,9 +338,9 @@ class RedisBroker:
 
     # --- lifecycle ---
 
-    async def start(self, dispatch: Dispatch) -> None:
+    async def start(self, dispatch: Dispatch, on_reset: OnReset | None = None) -> None:
         """Returns once Redis answered (retrying with backoff meanwhile): ids need it."""
-        self._dispatch = dispatch
+        self._dispatch, self._on_reset = dispatch, on_reset
         attempt = 0
         while True:
             try:
@@ -357,7 +361,7 @@ class RedisBroker:
     async def stop(self) -> None:
         if self._task is not None:
             await cancel_and_wait(self._task)
-        self._dispatch = None
+        self._dispatch = self._on_reset = None
         self._link.up.clear()
         await self._reader.aclose()
         await self._writer.aclose()
@@ -385,14 +389,24 @@ class RedisBroker:
             self._length = int(info["length"])
         elif epoch != self.epoch:
             # The stream we read was lost: read the new one from its start, skipping any
-            # entries left from epochs already replaced.
+            # entries left from epochs already replaced; subscribers start over with it.
             log.warning(
-                "redis stream was lost: events after the last one read may be "
-                "missing; resumes from older ids get an epoch_changed reset",
+                "redis stream was lost: events after the last one read may be missing; "
+                "live subscribers and resumes from older ids get an epoch_changed reset",
                 extra={"stream": self.stream, "old_epoch": self.epoch, "epoch": epoch},
             )
             self._dead.add(self.epoch)
+            old, self.epoch = self.epoch, epoch
             self._last, self._last_pos = "0-0", (0, 0)
+            if self._on_reset is not None:
+                self._on_reset(
+                    "epoch_changed",
+                    f"the redis stream was lost (epoch {old!r} is now {epoch!r}): "
+                    "events may be missing",
+                )
+        elif self._suspect is not None:  # an entry of an epoch replaced before we started
+            self._dead.add(self._suspect)
+        self._suspect = None
         self.epoch = epoch
 
     # --- the reader ---
@@ -401,7 +415,7 @@ class RedisBroker:
         attempt = 0
         while True:
             try:
-                if not self._link.up.is_set():
+                if not self._link.up.is_set() or self._suspect is not None:
                     async with asyncio.timeout(COMMAND_TIMEOUT):
                         await self._sync()
                     self._link.set_up()
@@ -418,21 +432,23 @@ class RedisBroker:
                 self._link.set_down(exc)
                 await asyncio.sleep(next_delay(attempt, BACKOFF_BASE, BACKOFF_CAP, self._rng))
                 attempt += 1
+            except Exception:  # a bug: log it and read on, never end the reader silently
+                log.exception("redis reader failed; reading on")
+                await asyncio.sleep(next_delay(attempt, BACKOFF_BASE, BACKOFF_CAP, self._rng))
+                attempt += 1
 
     def _handle(self, entries: Sequence[tuple[str, dict[str, str]]]) -> None:
         events: list[Event] = []
         for entry_id, fields in entries:
-            self._last = entry_id
             epoch = fields.get("epoch", self.epoch)
+            if epoch != self.epoch and epoch not in self._dead:
+                # The stream was replaced under the reader (a deleted key): before reading
+                # on, _sync asks Redis which epoch is current and moves to it.
+                self._suspect = epoch
+                break
+            self._last = entry_id
             if epoch in self._dead:
                 continue
-            if epoch != self.epoch:
-                log.warning(
-                    "redis stream epoch changed",
-                    extra={"stream": self.stream, "old_epoch": self.epoch, "epoch": epoch},
-                )
-                self._dead.add(self.epoch)
-                self.epoch = epoch
             try:
                 event = event_from_entry(epoch, entry_id, fields)
             except (KeyError, ValueError) as exc:

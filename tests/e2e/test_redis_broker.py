@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from hub.brokers.base import ResetReason
 from hub.brokers.redis import RedisBroker
 from hub.errors import Unavailable
 from hub.events import Draft, Event
@@ -19,15 +20,21 @@ WAIT = 30.0
 
 
 class Dispatched:
-    """The dispatch callback: records events, and lets a test wait for a given id."""
+    """The dispatch and on_reset callbacks: records events (and, in `timeline`, ids and
+    resets in the order they came), and lets a test wait for a given id."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
+        self.timeline: list[str] = []
         self._changed = asyncio.Event()
 
     def __call__(self, events: Sequence[Event]) -> None:
         self.events.extend(events)
+        self.timeline.extend(e.id for e in events)
         self._changed.set()
+
+    def on_reset(self, reason: ResetReason, detail: str) -> None:
+        self.timeline.append(f"reset:{reason}")
 
     async def wait_for(self, event_id: str) -> None:
         async def seen() -> None:
@@ -50,7 +57,7 @@ async def broker(redis_server: Proc) -> AsyncIterator[BrokerFactory]:
             broker="redis", redis_url=f"redis://127.0.0.1:{redis_server.port}/0", **overrides
         )
         b, seen = RedisBroker(settings, replay_wait=0.5), Dispatched()
-        await b.start(seen)
+        await b.start(seen, seen.on_reset)
         started.append(b)
         return b, seen
 
@@ -168,7 +175,28 @@ async def test_a_lost_stream_gets_a_new_epoch(broker: BrokerFactory, redis_serve
     assert new.split("-")[0] != old.split("-")[0]
     assert b.head_id() == new
     assert (await b.replay(old)).reset == "epoch_changed"
-    assert [e.id for e in seen.events] == [old, new]
+    assert seen.timeline == [old, "reset:epoch_changed", new]
+
+
+async def test_a_replaced_epoch_resets_once_and_skips_entries_of_other_epochs(
+    broker: BrokerFactory, redis_server: Proc
+) -> None:
+    """The epoch key deleted, the stream kept: the reader moves to the new epoch once, and
+    reading it from the start skips entries of the old epoch and of one it never knew."""
+    client = aioredis.from_url(f"redis://127.0.0.1:{redis_server.port}/0")
+    stream = HubSettings().redis_stream
+    await client.xadd(stream, {"epoch": "zombie", "type": "z", "data": "null"})
+    await client.set(f"{stream}:epoch", "first")
+    b, seen = await broker()
+    old = (await b.publish(drafts("a")))[0].id
+    await seen.wait_for(old)
+    await client.delete(f"{stream}:epoch")
+    await client.aclose()
+    new = (await b.publish(drafts("b")))[0].id
+    await seen.wait_for(new)
+    assert old.startswith("first-") and new.split("-")[0] not in ("first", "zombie")
+    assert seen.timeline == [old, "reset:epoch_changed", new]
+    assert b.head_id() == new
 
 
 async def test_publish_while_redis_is_down_raises_unavailable(

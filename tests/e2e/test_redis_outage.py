@@ -11,7 +11,7 @@ import grpc
 import pytest
 from cachewire.v1 import hub_pb2, hub_pb2_grpc
 
-from tests.e2e.test_redis_helpers import Sse, eventually, get, http, publish
+from tests.e2e.test_redis_helpers import GrpcSubscribe, Sse, eventually, get, http, publish
 from tests.servers import Proc, start_redis
 
 
@@ -80,26 +80,53 @@ async def test_redis_down_gives_503_and_a_kept_stream_loses_nothing(
     assert a.log().count("redis unavailable") <= 2  # one line per state change, not per try
 
 
-async def test_redis_restarted_without_persistence_gives_epoch_changed(
+async def test_redis_restarted_without_persistence_resets_every_subscriber(
     procs: list[Proc], hub_process: Callable[..., Proc]
 ) -> None:
-    """The stream is gone: a new epoch; live subscribers continue, old ids get a reset."""
+    """The stream is gone: a new epoch. Live SSE and gRPC subscribers are told
+    (epoch_changed, resume from the new epoch's start) and go on with new events;
+    heartbeats carry the new head; old ids get a reset."""
     redis = restart_redis(procs, 0)
-    hub = hub_process("--broker", "redis", "--redis-url", f"redis://127.0.0.1:{redis.port}/0")
-    async with Sse(hub, "y") as sub:
+    hub = hub_process(
+        "--broker",
+        "redis",
+        "--redis-url",
+        f"redis://127.0.0.1:{redis.port}/0",
+        "--subscribe-heartbeat",
+        "0.2",
+    )
+    async with Sse(hub, "y") as sub, GrpcSubscribe(hub, ["y"]) as stream:
         await sub.position()
+        assert (await stream.next()).WhichOneof("message") == "heartbeat"  # live
         old = (await publish(hub, [{"type": "y:1"}]))[0]
         assert (await sub.next()).id == old
+        assert [e.id for e in await stream.events(1)] == [old]
         redis.kill()
         await eventually(lambda: not_ready(hub), "/readyz 503")
         restart_redis(procs, redis.port)
         await eventually(lambda: ready(hub), "/readyz 200 again")
+
+        reset = await sub.next()
+        assert reset.type == "cachewire:reset"
+        assert reset.data["data"]["reason"] == "epoch_changed"
+        epoch = reset.id.split("-")[0] if reset.id else ""
+        assert epoch and epoch != old.split("-")[0]
+        assert reset.id == f"{epoch}-0-0"  # the new epoch's start: everything in it follows
+        message = await stream.first_not_heartbeat()
+        assert message.reset.reason == hub_pb2.RESET_REASON_EPOCH_CHANGED
+        assert message.reset.resume_from == reset.id
+        message = await stream.next()
+        assert message.heartbeat.high_water_id.startswith(f"{epoch}-")
+
         new = (await publish(hub, [{"type": "y:2"}]))[0]
-        assert new.split("-")[0] != old.split("-")[0]
+        assert new.startswith(f"{epoch}-")
         assert (await sub.next()).id == new
+        assert [e.id for e in await stream.events(1)] == [new]
     async with Sse(hub, "y", last_id=old) as resumed:
         reset = await resumed.next()
         assert reset.type == "cachewire:reset"
         assert reset.data["data"]["reason"] == "epoch_changed"
         assert reset.id == new  # delivery continues after the new head
+    async with Sse(hub, "y", last_id=f"{epoch}-0-0") as replayed:
+        assert (await replayed.next()).id == new  # the reset's id resumes without a gap
     assert "redis stream was lost" in hub.log()

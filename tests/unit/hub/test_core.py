@@ -271,3 +271,72 @@ async def test_close_all_closes_every_sink() -> None:
     fanout.close_all()
     assert all(s.closed for s in sinks)
     assert fanout.count() == 0
+
+
+# --- a new epoch while subscribers are connected (Fanout.reset_all) ---
+
+
+def lose_history(broker: MemoryBroker, epoch: str) -> None:
+    """What a broker whose history was lost does before it calls on_reset."""
+    broker.epoch, broker._head = epoch, 0
+
+
+async def test_a_new_epoch_resets_live_subscribers_who_then_go_on() -> None:
+    """Each subscriber is reset to the new epoch's start; live events follow; heartbeats and
+    the seam of later subscribers carry the new head at once."""
+    broker = MemoryBroker(1000, epoch="e")
+    fanout = await started(broker)
+    old = await publish(fanout, "t")
+    sinks = [FakeSink(), FakeSink()]
+    for sink in sinks:
+        await fanout.subscribe(frozenset(["t"]), sink)
+    lose_history(broker, "f")
+    fanout.reset_all("epoch_changed", "lost")
+    assert fanout.last_id == "f-0" and fanout.last_pos == (0, 0)
+    fanout.heartbeat(["fake"])
+    new = await publish(fanout, "t", "t")
+    for sink in sinks:
+        assert sink.resets == [("epoch_changed", "lost", "f-0")]
+        assert sink.heartbeats == ["f-0"]
+        assert sink.ids() == new
+        assert not sink.closed
+    assert old[0].startswith("e-") and fanout.count() == 2
+
+
+async def test_a_new_epoch_during_a_replay_replaces_the_replay_with_a_reset() -> None:
+    """A resume replaying the old epoch when it ends gets the reset instead of the replay,
+    then the new epoch's events published meanwhile, in order."""
+    broker = GatedBroker()
+    fanout = await started(broker)
+    before = await publish(fanout, "t", "t")
+    sink = FakeSink()
+    task = asyncio.create_task(fanout.subscribe(frozenset(["t"]), sink, resume_from=before[0]))
+    await broker.replay_started.wait()
+    await publish(fanout, "t")  # old epoch, held for the replay: void now
+    lose_history(broker, "f")
+    fanout.reset_all("epoch_changed", "lost")
+    during = await publish(fanout, "t")
+    broker.release.set()
+    await task
+    after = await publish(fanout, "t")
+    assert sink.resets == [("epoch_changed", "lost", "f-0")]
+    assert sink.replayed == []
+    assert sink.ids() == [*during, *after] == ["f-1", "f-2"]
+
+
+async def test_a_new_epoch_while_skipping_a_replay_ahead_goes_live_at_once() -> None:
+    """A subscriber waiting for dispatch to catch up with its replay stops waiting."""
+    broker = AheadBroker()
+    fanout = await started(broker)
+    first = await publish(fanout, "t")
+    broker.deliver_pending()
+    await publish(fanout, "t")  # replayed, never dispatched (the history was lost)
+    sink = FakeSink()
+    await fanout.subscribe(frozenset(["t"]), sink, resume_from=first[0])
+    lose_history(broker, "f")
+    broker._held.clear()
+    fanout.reset_all("epoch_changed", "lost")
+    new = await publish(fanout, "t")
+    broker.deliver_pending()
+    assert [r[2] for r in sink.resets] == ["f-0"]
+    assert [e.id for e in sink.events] == new == ["f-1"]
