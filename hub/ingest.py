@@ -34,7 +34,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from hub import telemetry
-from hub.brokers.redis import (
+from hub.brokers.redis_link import (
     BACKOFF_BASE,
     BACKOFF_CAP,
     COMMAND_TIMEOUT,

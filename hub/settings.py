@@ -75,7 +75,7 @@ def _broker(text: str) -> str:
 
 
 def _redis_url(text: str) -> str:
-    from hub.brokers.redis import check_url  # here: that module imports this one
+    from hub.brokers.redis_link import check_url  # here: redis-py loads only when needed
 
     return check_url(text)
 

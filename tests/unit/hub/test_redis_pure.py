@@ -8,16 +8,14 @@ from typing import Any
 import pytest
 
 from hub.brokers.redis import (
-    SentinelUrl,
-    check_url,
     entry_fields,
     event_from_entry,
     lost_after,
-    next_delay,
     parse_event_id,
     parse_stream_id,
     stream_id,
 )
+from hub.brokers.redis_link import SentinelUrl, check_url, next_delay
 from hub.errors import InvalidInput, TooLarge
 from hub.events import Draft
 from hub.ingest import draft_from_message
