@@ -17,8 +17,11 @@ the reader's own scheduling on a shared core.
 
 Per scenario it prints deliveries/s (from the first publish to the last delivery), latency
 p50/p99, lost deliveries (expected minus counted), hub CPU per delivery (utime+stime from
-/proc/PID/stat over the publishing phase, divided by deliveries) and hub RSS per idle SSE
-connection (VmRSS from /proc/PID/status before and after connecting the subscribers).
+/proc/PID/stat over the publishing phase, divided by deliveries), the share of that phase
+the server spent on a CPU ("busy") and runnable but waiting for one (/proc/PID/schedstat:
+the machine's other load), the readers' CPU (summed; 100% is the whole load core: the
+generator, not the server, is then the bottleneck), and RSS per idle SSE connection
+(VmRSS from /proc/PID/status before and after connecting the subscribers).
 
     .venv/bin/python bench/sse_bench.py                  # every scenario, about 2-4 minutes
     .venv/bin/python bench/sse_bench.py --only 1000x1@100 --readers 2
@@ -183,6 +186,11 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def runqueue_wait(pid: int) -> float:
+    """Seconds the process was runnable but waiting for a CPU (/proc/PID/schedstat)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -220,6 +228,8 @@ def reader_main(pipe: Connection, port: int) -> None:
                 pipe.send(len(socks))
             elif cmd[0] == "stats":
                 pipe.send((sum(counts.values()), last_ns, closed))
+            elif cmd[0] == "cpu":
+                pipe.send(time.process_time())
             elif cmd[0] == "report":
                 pipe.send((sorted(counts.values()), latencies, last_ns, closed))
                 latencies = []
@@ -438,7 +448,8 @@ def run(scenario: Scenario, readers_n: int, publishers: int) -> dict[str, Any]:
             rss_after = rss_kib(hub.pid)
 
             publisher = Publisher(port, publishers)
-            cpu0 = cpu_seconds(hub.pid)
+            cpu0, wait0 = cpu_seconds(hub.pid), runqueue_wait(hub.pid)
+            load0 = sum(readers.ask("cpu"))
             first = publisher.run(scenario)
             published_at = time.monotonic()
             expected = scenario.events * scenario.subscribers // scenario.topics
@@ -451,7 +462,8 @@ def run(scenario: Scenario, readers_n: int, publishers: int) -> dict[str, Any]:
                 elif time.monotonic() - last_progress > 10:
                     break  # no progress for 10 s: count the rest as lost
                 time.sleep(0.05)
-            cpu1 = cpu_seconds(hub.pid)
+            cpu1, wait1 = cpu_seconds(hub.pid), runqueue_wait(hub.pid)
+            load1 = sum(readers.ask("cpu"))
             publisher.close()
             reports = readers.ask("report")
         finally:
@@ -478,6 +490,8 @@ def run(scenario: Scenario, readers_n: int, publishers: int) -> dict[str, Any]:
         "cpu_us_per_delivery": (cpu1 - cpu0) / max(1, delivered) * 1e6,
         "hub_cpu_s": cpu1 - cpu0,
         "hub_busy": (cpu1 - cpu0) / elapsed,
+        "hub_waiting": (wait1 - wait0) / elapsed,
+        "readers_busy": (load1 - load0) / elapsed,
         "rss_kib_per_conn": (rss_after - rss_before) / scenario.subscribers,
     }
 
@@ -516,9 +530,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"# {SERVER}; {machine()}; server pinned: {pinned() and PIN}; {when}")
     print(
         "| scenario | subs | topics | events | POSTs/s | events/POST | deliveries/s | p50 ms "
-        "| p99 ms | lost | server CPU µs/delivery | server CPU busy | server RSS KiB/idle conn |"
+        "| p99 ms | lost | server CPU µs/delivery | server CPU busy | server waiting for CPU "
+        "| readers' CPU | server RSS KiB/idle conn |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- " * 15 + "|")
     for scenario in scenarios:
         r = run(scenario, args.readers, args.publishers)
         rate = f"{scenario.rate:g}" if scenario.rate else "max"
@@ -526,7 +541,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"| {r['scenario']} | {r['subscribers']} | {r['topics']} | {r['events']} | {rate} "
             f"| {scenario.batch} | {r['deliveries_per_s']:,.0f} | {r['p50_ms']:.1f} "
             f"| {r['p99_ms']:.1f} | {r['lost']} | {r['cpu_us_per_delivery']:.2f} "
-            f"| {r['hub_busy']:.0%} | {r['rss_kib_per_conn']:.1f} |",
+            f"| {r['hub_busy']:.0%} | {r['hub_waiting']:.0%} | {r['readers_busy']:.0%} "
+            f"| {r['rss_kib_per_conn']:.1f} |",
             flush=True,
         )
 

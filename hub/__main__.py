@@ -15,12 +15,13 @@ from hub.settings import HubSettings, parse
 
 
 async def serve(settings: HubSettings) -> None:
-    hub = Hub(settings)
-    await hub.start()
+    # The handlers come first: a SIGTERM during start-up still ends in an orderly stop.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    hub = Hub(settings)
+    await hub.start()
     await stop.wait()
     await hub.stop()
 
