@@ -63,7 +63,8 @@ class Hub:
     async def start(self) -> None:
         s = self.settings
         telemetry.setup()  # tracing from OTEL_* (once per process; off when unset)
-        # 1. The broker first: nothing is served before ids and history work.
+        # 1. The broker first. If its backend (Redis) is down, it returns anyway: the hub
+        #    listens not ready (/readyz 503, health NOT_SERVING, publish 503) until it is up.
         await self.broker.start(self.fanout.dispatch, self.fanout.reset_all)
         self.fanout.last_id = self.broker.head_id()
         self.fanout.last_pos = self.broker.position(self.fanout.last_id) or (0, 0)

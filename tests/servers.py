@@ -129,8 +129,9 @@ def start_memcached(port: int | None = None) -> Proc:
 
 
 def start_hub(*args: str, env: dict[str, str] | None = None, grpc: bool = True,
-              http_port: int | None = None, grpc_port: int | None = None) -> Proc:
-    """`cachewire-hub` as a user runs it, on free ports; returns once /readyz answers 200."""
+              http_port: int | None = None, grpc_port: int | None = None,
+              probe: str = "/readyz") -> Proc:
+    """`cachewire-hub` as a user runs it, on free ports; returns once `probe` answers 200."""
     http_port = http_port or free_port()
     argv = [str(BIN / "cachewire-hub"), "--http-port", str(http_port)]
     ports = {"http": http_port}
@@ -146,10 +147,10 @@ def start_hub(*args: str, env: dict[str, str] | None = None, grpc: bool = True,
     def ready() -> bool:
         if popen.poll() is not None:
             raise RuntimeError(f"cachewire-hub exited {popen.returncode}:\n{proc.log()}")
-        return http_ok(f"http://127.0.0.1:{http_port}/readyz") and (
+        return http_ok(f"http://127.0.0.1:{http_port}{probe}") and (
             not grpc or port_answers(ports["grpc"]))
 
-    wait_for(ready, timeout=20, what="cachewire-hub /readyz")
+    wait_for(ready, timeout=20, what=f"cachewire-hub {probe}")
     return proc
 
 

@@ -52,7 +52,8 @@ class Broker(Protocol):
         ...
 
     def head_id(self) -> str:
-        """The id of the newest event dispatched (or "<epoch>-0" before any)."""
+        """The id of the newest event dispatched ("<epoch>-0" before any; "" while the
+        broker has never reached its backend, so no position is known)."""
         ...
 
     def history_size(self) -> int: ...

@@ -199,24 +199,25 @@ class RedisBroker:
     # --- lifecycle ---
 
     async def start(self, dispatch: Dispatch, on_reset: OnReset | None = None) -> None:
-        """Returns once Redis answered (retrying with backoff meanwhile): ids need it."""
+        """Tries Redis once, then returns: connected, or not ready (publish 503, /readyz 503)
+        while the reader keeps trying with backoff. A hub that waited for Redis before it
+        listens would be restarted in a loop by a Kubernetes startup probe."""
         self._dispatch, self._on_reset = dispatch, on_reset
-        attempt = 0
-        while True:
-            try:
-                async with asyncio.timeout(COMMAND_TIMEOUT):
-                    await self._sync()
-                break
-            except (RedisError, OSError) as exc:
-                self._link.set_down(exc)
-                await asyncio.sleep(next_delay(attempt, BACKOFF_BASE, BACKOFF_CAP, self._rng))
-                attempt += 1
-        self._link.set_up()
+        try:
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                await self._sync()
+        except (RedisError, OSError) as exc:
+            self._link.set_down(exc)
+        else:
+            self._link.set_up()
+            self._connected()
+        self._task = asyncio.create_task(self._read_loop(), name="redis-reader")
+
+    def _connected(self) -> None:
         log.info(
             "redis broker connected",
             extra={"stream": self.stream, "epoch": self.epoch, "head": self.head_id()},
         )
-        self._task = asyncio.create_task(self._read_loop(), name="redis-reader")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -276,8 +277,17 @@ class RedisBroker:
         while True:
             try:
                 if not self._link.up.is_set() or self._suspect is not None:
+                    first = not self.epoch
                     async with asyncio.timeout(COMMAND_TIMEOUT):
                         await self._sync()
+                    if first:  # the hub started while Redis was down: reached it now
+                        self._connected()
+                        if self._on_reset is not None:
+                            self._on_reset(
+                                "epoch_changed",
+                                "the hub reached redis only after this subscription began: "
+                                "events may be missing",
+                            )
                     self._link.set_up()
                     attempt = 0
                 async with asyncio.timeout(BLOCK_MS / 1000 + COMMAND_TIMEOUT):
@@ -336,6 +346,8 @@ class RedisBroker:
     # --- the Broker protocol ---
 
     async def publish(self, drafts: Sequence[Draft]) -> list[Event]:
+        if not self.epoch:  # the reader would not know where to start: it would skip these
+            raise Unavailable("redis is unavailable, nothing was published: not reached yet")
         args: list[str | int] = [self._maxlen]
         for draft in drafts:
             fields = entry_fields(draft)
@@ -420,7 +432,8 @@ class RedisBroker:
         return parsed[1]
 
     def head_id(self) -> str:
-        return f"{self.epoch}-{self._last}"
+        """Empty until Redis was reached once: no position is known yet."""
+        return f"{self.epoch}-{self._last}" if self.epoch else ""
 
     def history_size(self) -> int:
         return self._length

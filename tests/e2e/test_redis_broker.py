@@ -14,7 +14,7 @@ from hub.brokers.redis import RedisBroker
 from hub.errors import Unavailable
 from hub.events import Draft, Event
 from hub.settings import HubSettings
-from tests.servers import Proc
+from tests.servers import Proc, free_port, start_redis
 
 WAIT = 30.0
 
@@ -35,10 +35,13 @@ class Dispatched:
 
     def on_reset(self, reason: ResetReason, detail: str) -> None:
         self.timeline.append(f"reset:{reason}")
+        self._changed.set()
 
-    async def wait_for(self, event_id: str) -> None:
+    async def wait_for(self, item: str) -> None:
+        """Wait until an event id (or "reset:<reason>") is in the timeline."""
+
         async def seen() -> None:
-            while event_id not in [e.id for e in self.events]:
+            while item not in self.timeline:
                 self._changed.clear()
                 await self._changed.wait()
 
@@ -209,3 +212,28 @@ async def test_publish_while_redis_is_down_raises_unavailable(
     replay = await b.replay(b.head_id())
     assert replay.reset == "history_expired" and "redis" in replay.detail
     assert not b.ready()
+
+
+async def test_a_broker_started_while_redis_is_down_returns_and_connects_later(
+    procs: list[Proc],
+) -> None:
+    """start() returns not ready (no position, publish refused, resume reset); once Redis
+    answers the reader connects, tells on_reset, and events flow."""
+    port = free_port()
+    settings = HubSettings(broker="redis", redis_url=f"redis://127.0.0.1:{port}/0")
+    b, seen = RedisBroker(settings, replay_wait=0.2), Dispatched()
+    await b.start(seen, seen.on_reset)
+    try:
+        assert not b.ready() and b.head_id() == ""
+        with pytest.raises(Unavailable, match="redis is unavailable"):
+            await b.publish(drafts("a"))
+        assert (await b.replay("e-1-0")).reset == "history_expired"
+        procs.append(start_redis(port))
+        await seen.wait_for("reset:epoch_changed")
+        assert b.ready() and seen.timeline == ["reset:epoch_changed"]
+        assert b.head_id() == f"{b.epoch}-0-0"
+        event = (await b.publish(drafts("b")))[0]
+        await seen.wait_for(event.id)
+        assert seen.timeline == ["reset:epoch_changed", event.id]
+    finally:
+        await b.stop()

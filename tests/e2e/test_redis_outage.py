@@ -10,9 +10,10 @@ import aiohttp
 import grpc
 import pytest
 from cachewire.v1 import hub_pb2, hub_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.e2e.test_redis_helpers import GrpcSubscribe, Sse, eventually, get, http, publish
-from tests.servers import Proc, start_redis
+from tests.servers import Proc, free_port, start_redis
 
 
 async def ready(hub: Proc) -> bool:
@@ -130,3 +131,47 @@ async def test_redis_restarted_without_persistence_resets_every_subscriber(
     async with Sse(hub, "y", last_id=f"{epoch}-0-0") as replayed:
         assert (await replayed.next()).id == new  # the reset's id resumes without a gap
     assert "redis stream was lost" in hub.log()
+
+
+async def grpc_health(hub: Proc) -> int:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{hub.ports['grpc']}") as channel:
+        answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        return int(answer.status)
+
+
+async def test_a_hub_started_while_redis_is_down_listens_not_ready_until_it_is_up(
+    procs: list[Proc], hub_process: Callable[..., Proc]
+) -> None:
+    """The hub listens at once (a startup probe is not failed in a loop): not ready, publish
+    503, health NOT_SERVING; Redis started later: ready, and subscribers connected
+    meanwhile are reset to a real position, then receive events."""
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    hub = hub_process("--broker", "redis", "--redis-url", url, probe="/healthz")
+    status, body = await get(hub, "/readyz")
+    assert (status, body["error"]) == (503, "broker unavailable")
+    assert (await get(hub, "/hc"))[0] == 503
+    assert await grpc_health(hub) == health_pb2.HealthCheckResponse.NOT_SERVING
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{http(hub)}/v1/publish", json={"type": "z:early"}) as resp,
+    ):
+        assert resp.status == 503
+        assert "redis is unavailable" in (await resp.json())["error"]
+
+    async with Sse(hub, "z") as sub:
+        assert await sub.position() == ""  # no position is known yet
+        restart_redis(procs, port)
+        await eventually(lambda: ready(hub), "/readyz 200 once redis is up")
+        assert await grpc_health(hub) == health_pb2.HealthCheckResponse.SERVING
+        reset = await sub.next()
+        assert reset.type == "cachewire:reset"
+        assert reset.data["data"]["reason"] == "epoch_changed"
+        assert reset.id is not None and reset.id.endswith("-0-0")  # a fresh stream's start
+        ids = await publish(hub, [{"type": "z:1"}])
+        assert ids[0].split("-")[0] == reset.id.split("-")[0]
+        assert (await sub.next()).id == ids[0]
+    assert (await get(hub, "/readyz"))[1]["head"] == ids[0]
+    assert hub.log().count("redis unavailable") == 1  # one line, not one per attempt
+    assert "redis broker connected" in hub.log()
+    assert hub.popen.poll() is None
