@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := redis-server memcached chromium
 
-.PHONY: install system-deps run proto proto-check lint format typecheck pytest test check bench
+.PHONY: install system-deps run readme proto proto-check lint format typecheck pytest test check bench
 
 system-deps:  ## Debian packages the tests use: redis-server, memcached, chromium
 	@if ! command -v redis-server >/dev/null || ! command -v memcached >/dev/null \
@@ -25,8 +25,12 @@ run: install  ## a hub with the embedded memory broker on 127.0.0.1:8080 (gRPC 5
 proto:  ## regenerate the committed stubs from proto/
 	$(PY) scripts/gen_proto.py
 
-proto-check:  ## fail when the committed stubs drift from proto/
+proto-check:  ## fail when the committed stubs (or README's settings tables) drift
 	$(PY) scripts/gen_proto.py --check
+	$(PY) scripts/render_readme.py --check
+
+readme:  ## regenerate README.md's settings tables
+	$(PY) scripts/render_readme.py
 
 lint:
 	$(BIN)/ruff check .

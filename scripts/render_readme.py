@@ -1,0 +1,42 @@
+"""Render the settings tables in README.md from the settings modules, or check them.
+
+Usage: python scripts/render_readme.py [--check]
+The tables sit between `<!-- NAME -->` and `<!-- /NAME -->` markers.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from hub.settings import settings_table as hub_table
+from sidecar.settings import settings_table as sidecar_table
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+TABLES = {"hub-settings": hub_table, "sidecar-settings": sidecar_table}
+
+
+def render(text: str) -> str:
+    for name, table in TABLES.items():
+        pattern = re.compile(rf"(<!-- {name} -->\n).*?(<!-- /{name} -->)", re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"README.md has no <!-- {name} --> block")
+        text = pattern.sub(lambda m, t=table: m.group(1) + t() + "\n" + m.group(2), text)
+    return text
+
+
+def main() -> int:
+    current = README.read_text()
+    rendered = render(current)
+    if "--check" in sys.argv[1:]:
+        if rendered != current:
+            print("README.md settings tables are out of date: run `make readme`")
+            return 1
+        return 0
+    README.write_text(rendered)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
