@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 from collections.abc import Sequence
@@ -22,6 +23,9 @@ async def serve(settings: HubSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     hub = Hub(settings)
     await hub.start()
+    # What start-up created lives as long as the process: keep it out of the collector's
+    # full passes, which otherwise pause the loop (measured: 110 ms -> 75 ms at 60k events).
+    gc.freeze()
     await stop.wait()
     await hub.stop()
 
