@@ -1,4 +1,4 @@
-"""The sidecar's span helpers and lag exemplars (wired into the stream client in phase 2)."""
+"""The sidecar's span helpers (receive, apply, flush, the app-side apply) and lag exemplars."""
 
 from __future__ import annotations
 
