@@ -23,7 +23,9 @@ the machine's other load), the readers' CPU (summed; 100% is the whole load core
 generator, not the server, is then the bottleneck), and RSS per idle SSE connection
 (VmRSS from /proc/PID/status before and after connecting the subscribers).
 
-    .venv/bin/python bench/sse_bench.py                  # every scenario, about 2-4 minutes
+    .venv/bin/python bench/sse_bench.py                  # every scenario, about 3-4 minutes
+    .venv/bin/python bench/sse_bench.py --server nchan   # the same against nginx + nchan
+                                  # (apt-get install nginx libnginx-mod-nchan)
     .venv/bin/python bench/sse_bench.py --only 1000x1@100 --readers 2
 """
 
