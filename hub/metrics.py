@@ -26,31 +26,40 @@ class HubCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         fanout, broker = self._hub.fanout, self._hub.broker
         connections = GaugeMetricFamily(
-            "cachewire_hub_connections", "Open subscriber streams", labels=["transport"])
+            "cachewire_hub_connections", "Open subscriber streams", labels=["transport"]
+        )
         for kind in TRANSPORTS:
             connections.add_metric([kind], fanout.count(kind))
         yield connections
         yield CounterMetricFamily(
-            "cachewire_hub_events_published", "Events dispatched by the broker",
-            value=fanout.published)
+            "cachewire_hub_events_published",
+            "Events dispatched by the broker",
+            value=fanout.published,
+        )
         yield CounterMetricFamily(
-            "cachewire_hub_deliveries", "Event deliveries to subscribers",
-            value=fanout.deliveries)
+            "cachewire_hub_deliveries", "Event deliveries to subscribers", value=fanout.deliveries
+        )
         drops = CounterMetricFamily(
             "cachewire_hub_slow_consumer_drops",
             "Subscribers reset and dropped because they fell behind their queue",
-            labels=["transport"])
+            labels=["transport"],
+        )
         for kind in TRANSPORTS:
             drops.add_metric([kind], fanout.slow_drops[kind])
         yield drops
         yield GaugeMetricFamily(
-            "cachewire_hub_history_size", "Events in the broker's history",
-            value=broker.history_size())
+            "cachewire_hub_history_size",
+            "Events in the broker's history",
+            value=broker.history_size(),
+        )
         yield GaugeMetricFamily(
-            "cachewire_hub_topics", "Topics with at least one subscriber",
-            value=fanout.topic_count())
+            "cachewire_hub_topics",
+            "Topics with at least one subscriber",
+            value=fanout.topic_count(),
+        )
         yield GaugeMetricFamily(
-            "cachewire_hub_ready", "1 when the broker works", value=int(broker.ready()))
+            "cachewire_hub_ready", "1 when the broker works", value=int(broker.ready())
+        )
         if self._hub._ingest is not None:  # Plasma's Redis channels (hub/ingest.py)
             yield from self._hub._ingest.metrics()
 
