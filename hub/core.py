@@ -196,16 +196,20 @@ class Fanout:
 
     def reset_all(self, reason: ResetReason, detail: str) -> None:
         """The broker began a new epoch: every subscription is reset to its start (the
-        broker's head now) and goes on with live events; heartbeats carry the new head."""
+        broker's head now) and goes on with live events; heartbeats carry the new head.
+
+        A resume still replaying is void if it began in the old epoch; one that began
+        before the broker knew any position (seam "") replays against the new head."""
         self.last_id = self.broker.head_id()
         self.last_pos = self.broker.position(self.last_id) or (0, 0)
         for sub in self.subscriptions():
-            sub.seam = self.last_id
             if sub._buffer is not None and sub._skip_through is None:  # replaying
-                sub._buffer, sub._reset = [], Replay(reset=reason, detail=detail)
+                if sub.seam:
+                    sub._buffer, sub._reset = [], Replay(reset=reason, detail=detail)
             else:
                 sub._buffer = sub._skip_through = None
                 sub.sink.reset(reason, detail, self.last_id)
+            sub.seam = self.last_id
 
     def drop_slow(self, sub: Subscription) -> None:
         """Overflow: reset and disconnect this subscriber alone; everyone else goes on."""

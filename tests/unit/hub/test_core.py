@@ -340,3 +340,24 @@ async def test_a_new_epoch_while_skipping_a_replay_ahead_goes_live_at_once() -> 
     broker.deliver_pending()
     assert [r[2] for r in sink.resets] == ["f-0"]
     assert [e.id for e in sink.events] == new == ["f-1"]
+
+
+async def test_a_resume_begun_before_any_position_was_known_replays_after_it() -> None:
+    """A broker that had not reached its backend (head "") gets there during a resume: the
+    replay, read against the now known head, is delivered; nothing is reset."""
+    broker = GatedBroker()
+    fanout = await started(broker)
+    before = await publish(fanout, "t", "t")
+    fanout.last_id = ""  # as a Redis broker reports it before Redis answered
+    sink, waiting = FakeSink(), FakeSink()
+    await fanout.subscribe(frozenset(["t"]), waiting)
+    task = asyncio.create_task(fanout.subscribe(frozenset(["t"]), sink, resume_from=before[0]))
+    await broker.replay_started.wait()
+    fanout.reset_all("epoch_changed", "reached")
+    during = await publish(fanout, "t")
+    broker.release.set()
+    await task
+    assert sink.resets == []
+    assert sink.ids() == [before[1], *during]
+    assert waiting.resets == [("epoch_changed", "reached", before[1])]  # it had no position
+    assert waiting.ids() == during
