@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,10 +12,12 @@ import redis.asyncio as aioredis
 
 from hub.brokers.base import ResetReason
 from hub.brokers.redis import RedisBroker
+from hub.core import Fanout
 from hub.errors import Unavailable
 from hub.events import Draft, Event
 from hub.settings import HubSettings
 from tests.servers import Proc, free_port, start_redis
+from tests.unit.hub.fakes import FakeSink
 
 WAIT = 30.0
 
@@ -235,5 +238,36 @@ async def test_a_broker_started_while_redis_is_down_returns_and_connects_later(
         event = (await b.publish(drafts("b")))[0]
         await seen.wait_for(event.id)
         assert seen.timeline == ["reset:epoch_changed", event.id]
+    finally:
+        await b.stop()
+
+
+async def test_a_resume_while_redis_is_not_reached_yet_replays_once_it_is(
+    procs: list[Proc], tmp_path: Path
+) -> None:
+    """A hub started while a persistent Redis is down: a subscriber resuming meanwhile is
+    replayed from its id when Redis answers, not reset."""
+    redis = start_redis(persist_dir=tmp_path)
+    procs.append(redis)
+    settings = HubSettings(broker="redis", redis_url=f"redis://127.0.0.1:{redis.port}/0")
+    first, seen = RedisBroker(settings), Dispatched()
+    await first.start(seen)
+    ids = [e.id for e in await first.publish(drafts("t:1", "t:2"))]
+    await first.stop()
+    redis.stop()
+
+    b = RedisBroker(settings, replay_wait=WAIT)
+    fanout = Fanout(b)
+    await b.start(fanout.dispatch, fanout.reset_all)
+    try:
+        assert not b.ready()
+        sink = FakeSink()
+        resume = asyncio.create_task(fanout.subscribe(frozenset(["t"]), sink, ids[0]))
+        await asyncio.sleep(0)  # the subscription registers, then waits for Redis
+        assert fanout.count() == 1 and not resume.done()
+        procs.append(start_redis(redis.port, persist_dir=tmp_path))
+        await asyncio.wait_for(resume, WAIT)
+        assert sink.resets == [] and [e.id for e in sink.replayed] == ids[1:]
+        assert fanout.last_id == ids[1]
     finally:
         await b.stop()
