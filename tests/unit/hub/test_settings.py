@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -188,3 +189,13 @@ def test_settings_table_lists_every_flag_and_variable() -> None:
         for name in opt.env:
             assert f"`{name}`" in table
     assert table.count("\n") == len(OPTIONS) + 1
+
+
+def test_docs_hub_md_shows_the_current_settings_table() -> None:
+    """docs/hub.md carries the generated table between its hub-settings markers."""
+    text = (Path(__file__).resolve().parents[3] / "docs" / "hub.md").read_text()
+    block = text.split("<!-- hub-settings -->\n", 1)[1].split("\n<!-- /hub-settings -->", 1)[0]
+    assert block == settings_table(), (
+        "docs/hub.md's settings table is out of date: replace it with the output of "
+        "python -c 'from hub.settings import settings_table; print(settings_table())'"
+    )
