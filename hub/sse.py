@@ -183,7 +183,9 @@ class SseSink:
                 break
         transport.write(b"".join(pending[:n]))
         del pending[:n]
-        self._events_pending = len(pending)
+        # Writes take from the front; live events (those counted) are the last ones queued,
+        # after any replay, so at most this many of them are left.
+        self._events_pending = min(self._events_pending, len(pending))
         if pending:
             self._flusher.mark(self)  # the next flush writes on, as the client drains
         return True

@@ -158,3 +158,20 @@ async def test_resuming_from_a_reset_id_works(hub_factory: HubFactory) -> None:
     ids = await publish(hub, [{"type": "a"}] * 2)
     async with await subscribe(hub, **last_event_id(reset_id)) as client:
         assert [i for i, _ in await client.events(2)] == ids
+
+
+async def test_a_replay_longer_than_the_queue_and_the_socket_buffers_arrives_whole(
+    hub_factory: HubFactory,
+) -> None:
+    """The replay is bounded by the history, not by --queue-size: a client catching up on
+    megabytes of history, with live events behind it, is not taken for a slow consumer."""
+    hub = await start(hub_factory, queue_size=10)
+    [first] = await publish(hub, {"type": "a"})
+    ids: list[str] = []
+    for _ in range(10):
+        ids += await publish(hub, [{"type": "a", "data": "x" * 8_000}] * 50)  # 4 MB in all
+    async with await subscribe(hub, **last_event_id(first)) as client:
+        live = await publish(hub, [{"type": "a"}] * 5)
+        got = [event_id for event_id, _ in await client.events(len(ids) + 5)]
+    assert got == ids + live
+    assert hub.fanout.slow_drops["sse"] == 0

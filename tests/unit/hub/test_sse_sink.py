@@ -154,3 +154,18 @@ async def test_close_writes_everything_pending_at_once() -> None:
         s.send(e)
     s.close()
     assert transport.writes == [b"".join(e.sse_chunk() for e in burst)]
+
+
+async def test_a_long_replay_does_not_count_against_the_queue() -> None:
+    """A resume's replay is bounded by the history, not the queue: live events that follow
+    a replay still being written in slices are not mistaken for a slow consumer."""
+    s, transport = sink(queue_size=5)
+    replay = big_events(100)  # 1.6 MB: written in slices
+    s.send_replay(replay)
+    await settle()
+    assert len(transport.writes) >= 1 and s._pending
+    live = events(5, start=101)
+    assert all(s.send(e) for e in live)
+    total = sum(len(e.sse_chunk()) for e in [*replay, *live])
+    await eventually(lambda: sum(map(len, transport.writes)) == total, "replay then live")
+    assert b"".join(transport.writes) == b"".join(e.sse_chunk() for e in [*replay, *live])
