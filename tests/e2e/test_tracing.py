@@ -27,16 +27,25 @@ HubProcess = Callable[..., Proc]
 
 
 @pytest.fixture(params=["grpc", "http/protobuf"])
-def collector(request: pytest.FixtureRequest) -> Iterator[Collector]:
+def collector(request: pytest.FixtureRequest, procs: list[Proc]) -> Iterator[Collector]:
     """An OTLP receiver for each exporter protocol."""
     with OtlpGrpcCollector() if request.param == "grpc" else OtlpHttpCollector() as c:
         yield c
+        stop_first(procs)
 
 
 @pytest.fixture
-def grpc_collector() -> Iterator[Collector]:
+def grpc_collector(procs: list[Proc]) -> Iterator[Collector]:
     with OtlpGrpcCollector() as c:
         yield c
+        stop_first(procs)
+
+
+def stop_first(procs: list[Proc]) -> None:
+    """Stop the test's processes while the receiver still runs: their last spans are
+    flushed to it, and their exit does not wait on an exporter retrying a dead endpoint."""
+    for proc in reversed(procs):
+        proc.stop()
 
 
 def publish(hub: Proc, body: Any, traceparent: str = "") -> list[str]:

@@ -41,9 +41,13 @@ HubProcess = Callable[..., Proc]
 
 
 @pytest.fixture
-def collector() -> Iterator[OtlpGrpcCollector]:
+def collector(procs: list[Proc]) -> Iterator[OtlpGrpcCollector]:
+    """An OTLP/gRPC receiver that outlives the test's processes: they are stopped first,
+    so that their last spans are flushed to it and their exit does not wait on retries."""
     with OtlpGrpcCollector() as c:
         yield c
+        for proc in reversed(procs):
+            proc.stop()
 
 
 @pytest.fixture
