@@ -7,6 +7,7 @@ never on a sleep; every process is stopped by the fixture that started it.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -24,10 +25,33 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port that binds now, chosen below the kernel's ephemeral range.
+
+    A port the kernel hands out for `bind(0)` comes from the ephemeral range, where the
+    source port of any outgoing connection made before the server binds can take it;
+    picking below that range leaves only another test's pick as a rival.
+    """
+    low = max(1024, _EPHEMERAL_LOW - 12_000)
+    for _ in range(200):
+        port = random.randrange(low, _EPHEMERAL_LOW)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found below the ephemeral range")
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
@@ -89,23 +113,25 @@ class Proc:
             self.popen.wait()
 
 
-def _spawn(argv: Sequence[str], env: dict[str, str] | None = None) -> tuple[
-        subprocess.Popen[bytes], Path]:
+def _spawn(
+    argv: Sequence[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], Path]:
     fd, log_name = tempfile.mkstemp(prefix="cachewire-test-", suffix=".log")
-    popen = subprocess.Popen(list(argv), stdout=fd, stderr=subprocess.STDOUT,
-                             env={**os.environ, **(env or {})}, cwd=ROOT)
+    popen = subprocess.Popen(
+        list(argv), stdout=fd, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=ROOT
+    )
     os.close(fd)
     return popen, Path(log_name)
 
 
-def start_redis(port: int | None = None, *, persist_dir: Path | None = None,
-                extra: Sequence[str] = ()) -> Proc:
+def start_redis(
+    port: int | None = None, *, persist_dir: Path | None = None, extra: Sequence[str] = ()
+) -> Proc:
     exe = shutil.which("redis-server")
     if exe is None:
         raise RuntimeError("redis-server is not installed (make system-deps)")
     port = port or free_port()
-    args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no"]
+    args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     if persist_dir is not None:
         args += ["--dir", str(persist_dir), "--appendonly", "yes", "--appendfsync", "always"]
     else:
@@ -128,9 +154,14 @@ def start_memcached(port: int | None = None) -> Proc:
     return proc
 
 
-def start_hub(*args: str, env: dict[str, str] | None = None, grpc: bool = True,
-              http_port: int | None = None, grpc_port: int | None = None,
-              probe: str = "/readyz") -> Proc:
+def start_hub(
+    *args: str,
+    env: dict[str, str] | None = None,
+    grpc: bool = True,
+    http_port: int | None = None,
+    grpc_port: int | None = None,
+    probe: str = "/readyz",
+) -> Proc:
     """`cachewire-hub` as a user runs it, on free ports; returns once `probe` answers 200."""
     http_port = http_port or free_port()
     argv = [str(BIN / "cachewire-hub"), "--http-port", str(http_port)]
@@ -148,7 +179,8 @@ def start_hub(*args: str, env: dict[str, str] | None = None, grpc: bool = True,
         if popen.poll() is not None:
             raise RuntimeError(f"cachewire-hub exited {popen.returncode}:\n{proc.log()}")
         return http_ok(f"http://127.0.0.1:{http_port}{probe}") and (
-            not grpc or port_answers(ports["grpc"]))
+            not grpc or port_answers(ports["grpc"])
+        )
 
     wait_for(ready, timeout=20, what=f"cachewire-hub {probe}")
     return proc
