@@ -1,10 +1,10 @@
 """The hub's exceptions, mapped to HTTP and gRPC status codes here and nowhere else.
 
-    HubError
-    ├── InvalidInput        bad publish or subscribe input     → 400 / INVALID_ARGUMENT
-    │   └── TooLarge        body or batch over a limit          → 413 / INVALID_ARGUMENT
-    ├── Unavailable         broker down (e.g. Redis outage)     → 503 / UNAVAILABLE
-    └── ConfigError         bad setting at start-up             → one-line message, exit 2
+HubError
+├── InvalidInput        bad publish or subscribe input     → 400 / INVALID_ARGUMENT
+│   └── TooLarge        body or batch over a limit          → 413 / INVALID_ARGUMENT
+├── Unavailable         broker down (e.g. Redis outage)     → 503 / UNAVAILABLE
+└── ConfigError         bad setting at start-up             → one-line message, exit 2
 """
 
 from __future__ import annotations

@@ -70,8 +70,8 @@ class Hub:
         self.fanout.last_pos = self.broker.position(self.fanout.last_id) or (0, 0)
         # 2. HTTP: SSE, publish, health, metrics.
         self._runner = web.AppRunner(
-            self.make_app(), handler_cancellation=True, shutdown_timeout=s.grace,
-            access_log=None)
+            self.make_app(), handler_cancellation=True, shutdown_timeout=s.grace, access_log=None
+        )
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, s.host, s.http_port, reuse_port=False)
         await self._site.start()
@@ -92,11 +92,16 @@ class Hub:
             await self._ingest.start()
         # 5. Heartbeats.
         self._tasks.append(asyncio.create_task(self._beat(s.heartbeat, ("sse",))))
-        self._tasks.append(asyncio.create_task(
-            self._beat(s.subscribe_heartbeat, ("grpc",))))
-        log.info("hub started", extra={
-            "host": s.host, "http_port": self.http_port, "grpc_port": self.grpc_port,
-            "broker": s.broker})
+        self._tasks.append(asyncio.create_task(self._beat(s.subscribe_heartbeat, ("grpc",))))
+        log.info(
+            "hub started",
+            extra={
+                "host": s.host,
+                "http_port": self.http_port,
+                "grpc_port": self.grpc_port,
+                "broker": s.broker,
+            },
+        )
 
     async def _beat(self, interval: float, kinds: tuple[str, ...]) -> None:
         while True:

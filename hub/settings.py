@@ -88,47 +88,124 @@ def _query_name(text: str) -> str:
 
 OPTIONS: tuple[Option, ...] = (
     Option("host", "--host", "address to listen on (HTTP and gRPC)", ("CACHEWIRE_HOST",)),
-    Option("http_port", "--http-port", "HTTP port: SSE, publish, health, metrics",
-           ("CACHEWIRE_HTTP_PORT", "PLASMA_PORT"), port),
-    Option("grpc_port", "--grpc-port", "gRPC port (off: no gRPC)",
-           ("CACHEWIRE_GRPC_PORT", "PLASMA_GRPC_PORT", "PLASMA_GRPCPORT"), optional_port),
-    Option("heartbeat", "--heartbeat", "seconds between SSE heartbeat comments",
-           ("CACHEWIRE_HEARTBEAT",), seconds),
-    Option("subscribe_heartbeat", "--subscribe-heartbeat",
-           "seconds between gRPC Subscribe heartbeats (carry the high-water id)",
-           ("CACHEWIRE_SUBSCRIBE_HEARTBEAT",), seconds),
-    Option("history", "--history", "events kept for resume",
-           ("CACHEWIRE_HISTORY",), positive_int),
-    Option("sse_retry", "--sse-retry", "SSE retry: value sent to clients, milliseconds",
-           ("CACHEWIRE_SSE_RETRY", "PLASMA_SSE_RETRY"), positive_int),
-    Option("sse_event_query", "--sse-event-query", "query parameter naming SSE topics",
-           ("CACHEWIRE_SSE_EVENT_QUERY", "PLASMA_SSE_EVENTQUERY"), _query_name),
-    Option("cors_origin", "--cors-origin", "Access-Control-Allow-Origin value (empty: none)",
-           ("CACHEWIRE_CORS_ORIGIN", "PLASMA_ORIGIN")),
-    Option("max_body", "--max-body", "largest publish body, bytes",
-           ("CACHEWIRE_MAX_BODY",), positive_int),
-    Option("max_keys", "--max-keys", "most keys plus prefixes in one event",
-           ("CACHEWIRE_MAX_KEYS",), positive_int),
-    Option("queue_size", "--queue-size",
-           "events a subscriber may fall behind before it is reset and dropped",
-           ("CACHEWIRE_QUEUE_SIZE",), positive_int),
-    Option("grace", "--grace", "seconds to end streams and finish requests on SIGTERM",
-           ("CACHEWIRE_GRACE",), non_negative_seconds),
-    Option("broker", "--broker", "memory (embedded) or redis (Redis Streams, for replicas)",
-           ("CACHEWIRE_BROKER", "PLASMA_SUBSCRIBER_TYPE"), _broker),
-    Option("redis_url", "--redis-url",
-           "Redis URL (redis://, rediss://, unix://, redis+sentinel://; see docs/scale-out.md)",
-           ("CACHEWIRE_REDIS_URL",), _redis_url),
-    Option("redis_stream", "--redis-stream", "Redis stream key holding the event history",
-           ("CACHEWIRE_REDIS_STREAM",)),
-    Option("redis_channels", "--redis-channels",
-           "comma list of Redis pub/sub channels to ingest Plasma messages from",
-           ("CACHEWIRE_REDIS_CHANNELS", "PLASMA_SUBSCRIBER_REDIS_CHANNELS"), csv),
-    Option("ingest_lease", "--ingest-lease",
-           "seconds a replica holds the channel-ingest lease (taken over after this)",
-           ("CACHEWIRE_INGEST_LEASE",), seconds),
-    Option("log_level", "--log-level", "debug, info, warning or error",
-           ("CACHEWIRE_LOG_LEVEL",), choice("debug", "info", "warning", "error")),
+    Option(
+        "http_port",
+        "--http-port",
+        "HTTP port: SSE, publish, health, metrics",
+        ("CACHEWIRE_HTTP_PORT", "PLASMA_PORT"),
+        port,
+    ),
+    Option(
+        "grpc_port",
+        "--grpc-port",
+        "gRPC port (off: no gRPC)",
+        ("CACHEWIRE_GRPC_PORT", "PLASMA_GRPC_PORT", "PLASMA_GRPCPORT"),
+        optional_port,
+    ),
+    Option(
+        "heartbeat",
+        "--heartbeat",
+        "seconds between SSE heartbeat comments",
+        ("CACHEWIRE_HEARTBEAT",),
+        seconds,
+    ),
+    Option(
+        "subscribe_heartbeat",
+        "--subscribe-heartbeat",
+        "seconds between gRPC Subscribe heartbeats (carry the high-water id)",
+        ("CACHEWIRE_SUBSCRIBE_HEARTBEAT",),
+        seconds,
+    ),
+    Option("history", "--history", "events kept for resume", ("CACHEWIRE_HISTORY",), positive_int),
+    Option(
+        "sse_retry",
+        "--sse-retry",
+        "SSE retry: value sent to clients, milliseconds",
+        ("CACHEWIRE_SSE_RETRY", "PLASMA_SSE_RETRY"),
+        positive_int,
+    ),
+    Option(
+        "sse_event_query",
+        "--sse-event-query",
+        "query parameter naming SSE topics",
+        ("CACHEWIRE_SSE_EVENT_QUERY", "PLASMA_SSE_EVENTQUERY"),
+        _query_name,
+    ),
+    Option(
+        "cors_origin",
+        "--cors-origin",
+        "Access-Control-Allow-Origin value (empty: none)",
+        ("CACHEWIRE_CORS_ORIGIN", "PLASMA_ORIGIN"),
+    ),
+    Option(
+        "max_body",
+        "--max-body",
+        "largest publish body, bytes",
+        ("CACHEWIRE_MAX_BODY",),
+        positive_int,
+    ),
+    Option(
+        "max_keys",
+        "--max-keys",
+        "most keys plus prefixes in one event",
+        ("CACHEWIRE_MAX_KEYS",),
+        positive_int,
+    ),
+    Option(
+        "queue_size",
+        "--queue-size",
+        "events a subscriber may fall behind before it is reset and dropped",
+        ("CACHEWIRE_QUEUE_SIZE",),
+        positive_int,
+    ),
+    Option(
+        "grace",
+        "--grace",
+        "seconds to end streams and finish requests on SIGTERM",
+        ("CACHEWIRE_GRACE",),
+        non_negative_seconds,
+    ),
+    Option(
+        "broker",
+        "--broker",
+        "memory (embedded) or redis (Redis Streams, for replicas)",
+        ("CACHEWIRE_BROKER", "PLASMA_SUBSCRIBER_TYPE"),
+        _broker,
+    ),
+    Option(
+        "redis_url",
+        "--redis-url",
+        "Redis URL (redis://, rediss://, unix://, redis+sentinel://; see docs/scale-out.md)",
+        ("CACHEWIRE_REDIS_URL",),
+        _redis_url,
+    ),
+    Option(
+        "redis_stream",
+        "--redis-stream",
+        "Redis stream key holding the event history",
+        ("CACHEWIRE_REDIS_STREAM",),
+    ),
+    Option(
+        "redis_channels",
+        "--redis-channels",
+        "comma list of Redis pub/sub channels to ingest Plasma messages from",
+        ("CACHEWIRE_REDIS_CHANNELS", "PLASMA_SUBSCRIBER_REDIS_CHANNELS"),
+        csv,
+    ),
+    Option(
+        "ingest_lease",
+        "--ingest-lease",
+        "seconds a replica holds the channel-ingest lease (taken over after this)",
+        ("CACHEWIRE_INGEST_LEASE",),
+        seconds,
+    ),
+    Option(
+        "log_level",
+        "--log-level",
+        "debug, info, warning or error",
+        ("CACHEWIRE_LOG_LEVEL",),
+        choice("debug", "info", "warning", "error"),
+    ),
 )
 
 
@@ -144,16 +221,23 @@ def _plasma_redis_url(env: Mapping[str, str]) -> str | None:
 
 def build_parser(prog: str = "cachewire-hub") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=prog, description="cachewire hub: Plasma-compatible push hub for cache invalidations")
+        prog=prog, description="cachewire hub: Plasma-compatible push hub for cache invalidations"
+    )
     for opt in OPTIONS:
         envs = ", ".join(opt.env)
-        parser.add_argument(opt.flag, dest=opt.field, default=None, metavar="VALUE",
-                            help=f"{opt.help} [env: {envs}]")
+        parser.add_argument(
+            opt.flag,
+            dest=opt.field,
+            default=None,
+            metavar="VALUE",
+            help=f"{opt.help} [env: {envs}]",
+        )
     return parser
 
 
-def parse(cls: type[HubSettings], argv: Sequence[str],
-          env: Mapping[str, str] | None = None) -> HubSettings:
+def parse(
+    cls: type[HubSettings], argv: Sequence[str], env: Mapping[str, str] | None = None
+) -> HubSettings:
     """Flags and environment → settings; a bad value raises ConfigError naming it."""
     env = os.environ if env is None else env
     args = vars(build_parser().parse_args(list(argv)))
@@ -175,6 +259,7 @@ def settings_table() -> str:
     for opt in OPTIONS:
         default = defaults[opt.field]
         shown = ",".join(default) if isinstance(default, tuple) else default
-        rows.append(f"| `{opt.flag}` | {', '.join(f'`{e}`' for e in opt.env)} | "
-                    f"`{shown}` | {opt.help} |")
+        rows.append(
+            f"| `{opt.flag}` | {', '.join(f'`{e}`' for e in opt.env)} | `{shown}` | {opt.help} |"
+        )
     return "\n".join(rows)

@@ -20,8 +20,13 @@ SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 def generate(out: Path) -> None:
     cmd = [
-        sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_ROOT}",
-        f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}",
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"-I{PROTO_ROOT}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
         *(str(s.relative_to(PROTO_ROOT)) for s in SOURCES),
     ]
     subprocess.run(cmd, check=True, cwd=PROTO_ROOT)
