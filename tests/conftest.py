@@ -9,7 +9,7 @@ import pytest
 
 from hub.server import Hub
 from hub.settings import HubSettings
-from tests.servers import Proc, start_hub, start_memcached, start_redis
+from tests.servers import Proc, start_hub, start_memcached, start_redis, start_sidecar
 
 
 @pytest.fixture
@@ -41,6 +41,18 @@ def hub_process(procs: list[Proc]) -> Callable[..., Proc]:
 
     def make(*args: str, **kwargs: Any) -> Proc:
         proc = start_hub(*args, **kwargs)
+        procs.append(proc)
+        return proc
+
+    return make
+
+
+@pytest.fixture
+def sidecar_process(procs: list[Proc]) -> Callable[..., Proc]:
+    """Factory: sidecar_process("--memcached", addr, hub=hub) → a running cachewire-sidecar."""
+
+    def make(*args: str, **kwargs: Any) -> Proc:
+        proc = start_sidecar(*args, **kwargs)
         procs.append(proc)
         return proc
 

@@ -6,6 +6,8 @@ never on a sleep; every process is stopped by the fixture that started it.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import random
 import shutil
@@ -16,7 +18,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +186,58 @@ def start_hub(
 
     wait_for(ready, timeout=20, what=f"cachewire-hub {probe}")
     return proc
+
+
+def start_sidecar(
+    *args: str,
+    hub: Proc | None = None,
+    topics: str | None = "user",
+    env: dict[str, str] | None = None,
+    fast_backoff: bool = True,
+    probe: str = "/healthz",
+    timeout: float = 20.0,
+) -> Proc:
+    """`cachewire-sidecar` as a user runs it, on a free health port; returns once `probe`
+    answers 200 and fails with the log if the process exits first.
+
+    With `hub`, it subscribes to that hub's gRPC port for `topics` (`None`: pass them in
+    `args`); `fast_backoff` reconnects within half a second, so a test never waits long.
+    """
+    health = free_port()
+    argv = [str(BIN / "cachewire-sidecar"), "--health-host", "127.0.0.1"]
+    argv += ["--health-port", str(health)]
+    if hub is not None:
+        argv += ["--hub", f"127.0.0.1:{hub.ports['grpc']}"]
+    if hub is not None and topics is not None:
+        argv += ["--topics", topics]
+    if fast_backoff:
+        argv += ["--backoff-base", "0.05", "--backoff-cap", "0.5"]
+    popen, log_path = _spawn([*argv, *args], env)
+    proc = Proc(popen, {"health": health}, log_path)
+
+    def ready() -> bool:
+        if popen.poll() is not None:
+            raise RuntimeError(f"cachewire-sidecar exited {popen.returncode}:\n{proc.log()}")
+        return http_ok(f"http://127.0.0.1:{health}{probe}")
+
+    wait_for(ready, timeout=timeout, what=f"cachewire-sidecar {probe}")
+    return proc
+
+
+async def wait_until(
+    check: Callable[[], bool | Awaitable[bool]], within: float = 20.0, what: str = "condition"
+) -> None:
+    """The async `wait_for`: poll a fact (a plain or async predicate) without blocking the
+    loop, for facts that have no event to await; fail with `what` after `within` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        result = check()
+        if await result if inspect.isawaitable(result) else result:
+            return
+        if loop.time() >= deadline:
+            raise TimeoutError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.01)
 
 
 @contextmanager

@@ -22,6 +22,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.hub_http import publish, wait_connections
 from tests.servers import Proc, free_port, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -170,31 +171,6 @@ def messages_of(state: dict[str, Any], type_: str) -> list[dict[str, Any]]:
     return [m for m in state["messages"] if m["data"]["meta"]["type"] == type_]
 
 
-async def publish(port: int, body: object) -> str:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(f"http://127.0.0.1:{port}/v1/publish", json=body) as resp,
-    ):
-        assert resp.status == 200, await resp.text()
-        event_id: str = (await resp.json())["ids"][0]
-        return event_id
-
-
-async def sse_connections(port: int) -> int:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"http://127.0.0.1:{port}/metrics/plasma") as resp,
-    ):
-        count: int = (await resp.json())["connections_sse"]
-        return count
-
-
-async def wait_subscribed(port: int) -> None:
-    async with asyncio.timeout(WAIT):
-        while await sse_connections(port) < 1:
-            pass
-
-
 async def test_browser_event_source_receives_events_and_a_reset_after_restart(
     hub_process: Callable[..., Proc], page_server: Callable[[str], str]
 ) -> None:
@@ -209,8 +185,8 @@ async def test_browser_event_source_receives_events_and_a_reset_after_restart(
         try:
             page = await anext(pages)
             await page.wait_until(lambda s: s["opens"] >= 1, "EventSource open")
-            await wait_subscribed(hub_port)
-            event_id = await publish(hub_port, {"type": "program:1234:views", "data": "42"})
+            await wait_connections(hub_port, 1)
+            [event_id] = await publish(hub_port, {"type": "program:1234:views", "data": "42"})
             await page.wait_until(
                 lambda s: any(m["id"] == event_id for m in s["messages"]), "the event"
             )
@@ -227,7 +203,7 @@ async def test_browser_event_source_receives_events_and_a_reset_after_restart(
             assert reset["data"]["meta"] == {"type": "cachewire:reset", "reason": "epoch_changed"}
             assert reset["id"].split("-")[0] != event_id.split("-")[0]
 
-            live_id = await publish(hub_port, {"type": "program:1234", "data": {"n": 1}})
+            [live_id] = await publish(hub_port, {"type": "program:1234", "data": {"n": 1}})
             await page.wait_until(
                 lambda s: any(m["id"] == live_id for m in s["messages"]), "a live event"
             )

@@ -9,41 +9,14 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 
-import aiohttp
 import pytest
 
+from tests.hub_http import publish, wait_connections
 from tests.servers import BIN, ROOT, Proc, free_port, http_ok, wait_for
 from tests.sse_wire import SseClient, parse_frame
 
 HubProcess = Callable[..., Proc]
 EXIT_WAIT = 30.0  # generous bound on a SIGTERM exit; the grace period itself is shorter
-
-
-async def publish(port: int, body: object) -> list[str]:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(f"http://127.0.0.1:{port}/v1/publish", json=body) as resp,
-    ):
-        assert resp.status == 200, await resp.text()
-        ids: list[str] = (await resp.json())["ids"]
-        return ids
-
-
-async def plasma_connections(port: int) -> int:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"http://127.0.0.1:{port}/metrics/plasma") as resp,
-    ):
-        count: int = (await resp.json())["connections_sse"]
-        return count
-
-
-async def wait_connections(port: int, n: int) -> None:
-    """Wait on the fact that n SSE subscribers are registered (as the hub reports it)."""
-    for _ in range(2000):
-        if await plasma_connections(port) >= n:
-            return
-    raise AssertionError(f"never saw {n} SSE connections")
 
 
 def log_lines(proc: Proc) -> list[dict[str, object]]:

@@ -15,32 +15,9 @@ from typing import Any
 import cachetools
 
 from sidecar.client import Invalidator
-from tests.servers import BIN, Proc, _spawn, free_port, http_ok, wait_for
+from tests.servers import Proc, free_port, start_sidecar
 
 WAIT = 20.0
-
-
-def start_sidecar(*args: str) -> Proc:
-    """`cachewire-sidecar` on a free health port; returns once /readyz answers 200."""
-    health = free_port()
-    argv = [
-        str(BIN / "cachewire-sidecar"),
-        "--health-host",
-        "127.0.0.1",
-        "--health-port",
-        str(health),
-        *args,
-    ]
-    popen, log_path = _spawn(argv)
-    proc = Proc(popen, {"health": health}, log_path)
-
-    def ready() -> bool:
-        if popen.poll() is not None:
-            raise RuntimeError(f"cachewire-sidecar exited {popen.returncode}:\n{proc.log()}")
-        return http_ok(f"http://127.0.0.1:{health}/readyz")
-
-    wait_for(ready, timeout=WAIT, what="cachewire-sidecar /readyz")
-    return proc
 
 
 def publish(hub: Proc, event: dict[str, Any]) -> str:
@@ -67,17 +44,7 @@ def test_publish_reaches_the_apps_cache_through_the_sidecar_relay(
     the sidecar restarts, the app clears its cache, reconnects, and is invalidated again."""
     hub = hub_process()
     relay_port = free_port()
-    sidecar_args = (
-        "--hub",
-        f"127.0.0.1:{hub.ports['grpc']}",
-        "--topics",
-        "user",
-        "--relay-port",
-        str(relay_port),
-        "--backoff-cap",
-        "0.5",
-    )
-    sidecar = start_sidecar(*sidecar_args)
+    sidecar = start_sidecar("--relay-port", str(relay_port), hub=hub, probe="/readyz")
     procs.append(sidecar)
     cache: cachetools.TTLCache[Any, Any] = cachetools.TTLCache(maxsize=100, ttl=3600)
     with Invalidator(f"127.0.0.1:{relay_port}", ["user"], cache, backoff_cap=0.5) as client:
@@ -100,7 +67,7 @@ def test_publish_reaches_the_apps_cache_through_the_sidecar_relay(
         assert len(cache) == 0 and not client.guard.storing
         # A new sidecar on the same relay port: the app reconnects (a reset: the new relay
         # does not know its position) and is invalidated again.
-        procs.append(start_sidecar(*sidecar_args))
+        procs.append(start_sidecar("--relay-port", str(relay_port), hub=hub, probe="/readyz"))
         assert client.wait_until(lambda: client.connected, WAIT)
         app_cache(client, **{"user:9": "old"})
         event_id = publish(hub, {"type": "user:9", "keys": ["user:9"]})

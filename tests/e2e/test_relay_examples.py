@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.test_relay import WAIT, start_sidecar
-from tests.servers import ROOT, Proc, _spawn, free_port, wait_for
+from tests.e2e.test_relay import WAIT
+from tests.servers import ROOT, Proc, _spawn, free_port, start_sidecar, wait_for
 
 
 def http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
@@ -79,16 +79,7 @@ def test_a_write_through_one_app_invalidates_the_others_cache(
 ) -> None:
     hub = hub_process()
     relay_port = free_port()
-    procs.append(
-        start_sidecar(
-            "--hub",
-            f"127.0.0.1:{hub.ports['grpc']}",
-            "--topics",
-            "user",
-            "--relay-port",
-            str(relay_port),
-        )
-    )
+    procs.append(start_sidecar("--relay-port", str(relay_port), hub=hub, probe="/readyz"))
     apps = start_apps(2, relay_port, hub, tmp_path / "users.db")
     procs += apps
     a, b = apps

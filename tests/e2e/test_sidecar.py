@@ -29,9 +29,7 @@ from sidecar.client import Invalidator
 from tests.servers import (
     BIN,
     Proc,
-    _spawn,
     free_port,
-    http_ok,
     start_hub,
     start_memcached,
     wait_for,
@@ -43,35 +41,6 @@ RULES = """
 type = "user:{id}"
 keys = ["user:{id}", "user:{id}:profile"]
 """
-
-
-def start_sidecar(*args: str, hub: Proc, topics: str = "user") -> Proc:
-    """`cachewire-sidecar` on a free health port; returns once /healthz answers."""
-    port = free_port()
-    argv = [
-        str(BIN / "cachewire-sidecar"),
-        "--hub",
-        f"127.0.0.1:{hub.ports['grpc']}",
-        "--topics",
-        topics,
-        "--health-port",
-        str(port),
-        "--backoff-base",
-        "0.05",
-        "--backoff-cap",
-        "0.5",
-        *args,
-    ]
-    popen, log_path = _spawn(argv)
-    proc = Proc(popen, {"health": port}, log_path)
-
-    def alive() -> bool:
-        if popen.poll() is not None:
-            raise RuntimeError(f"cachewire-sidecar exited {popen.returncode}:\n{proc.log()}")
-        return http_ok(f"http://127.0.0.1:{port}/healthz")
-
-    wait_for(alive, timeout=WAIT, what="cachewire-sidecar /healthz")
-    return proc
 
 
 def get(proc: Proc, path: str) -> tuple[int, Any]:
@@ -129,16 +98,6 @@ def memcache(port: int) -> Iterator[Client]:
 
 
 @pytest.fixture
-def sidecar(procs: list[Proc]) -> Callable[..., Proc]:
-    def make(*args: str, **kwargs: Any) -> Proc:
-        proc = start_sidecar(*args, **kwargs)
-        procs.append(proc)
-        return proc
-
-    return make
-
-
-@pytest.fixture
 def config(tmp_path: Path) -> Callable[[str], str]:
     def write(text: str) -> str:
         path = tmp_path / "sidecar.toml"
@@ -150,7 +109,7 @@ def config(tmp_path: Path) -> Callable[[str], str]:
 
 def test_publish_invalidates_memcached_redis_and_app_cache(
     hub_process: Callable[..., Proc],
-    sidecar: Callable[..., Proc],
+    sidecar_process: Callable[..., Proc],
     memcached_server: Proc,
     redis_server: Proc,
     config: Callable[[str], str],
@@ -159,7 +118,7 @@ def test_publish_invalidates_memcached_redis_and_app_cache(
     (through the local relay); the /v1/applied barrier answers once they are gone."""
     hub = hub_process("--subscribe-heartbeat", "0.1")
     relay_port = free_port()
-    sc = sidecar(
+    sc = sidecar_process(
         "--config",
         config(RULES),
         "--memcached",
@@ -204,7 +163,7 @@ def test_publish_invalidates_memcached_redis_and_app_cache(
 
 def test_hub_restart_new_epoch_resets_and_flushes(
     procs: list[Proc],
-    sidecar: Callable[..., Proc],
+    sidecar_process: Callable[..., Proc],
     memcached_server: Proc,
     redis_server: Proc,
 ) -> None:
@@ -212,7 +171,7 @@ def test_hub_restart_new_epoch_resets_and_flushes(
     http_port, grpc_port = free_port(), free_port()
     hub = start_hub("--subscribe-heartbeat", "0.1", http_port=http_port, grpc_port=grpc_port)
     procs.append(hub)
-    sc = sidecar(
+    sc = sidecar_process(
         "--memcached",
         f"127.0.0.1:{memcached_server.port}",
         "--redis-url",
@@ -250,11 +209,11 @@ def test_hub_restart_new_epoch_resets_and_flushes(
 
 def test_hub_stopped_flushes_after_max_staleness_not_before(
     hub_process: Callable[..., Proc],
-    sidecar: Callable[..., Proc],
+    sidecar_process: Callable[..., Proc],
     memcached_server: Proc,
 ) -> None:
     hub = hub_process("--subscribe-heartbeat", "0.1")
-    sc = sidecar(
+    sc = sidecar_process(
         "--memcached", f"127.0.0.1:{memcached_server.port}", "--max-staleness", "3", hub=hub
     )
     wait_ready(sc)
@@ -279,7 +238,7 @@ def test_hub_stopped_flushes_after_max_staleness_not_before(
 
 def test_memcached_restarted_gets_its_pending_invalidations(
     hub_process: Callable[..., Proc],
-    sidecar: Callable[..., Proc],
+    sidecar_process: Callable[..., Proc],
     procs: list[Proc],
 ) -> None:
     """While memcached is down, invalidations wait (counted as errors, not ready); once it
@@ -288,7 +247,7 @@ def test_memcached_restarted_gets_its_pending_invalidations(
     memcached = start_memcached(port)
     procs.append(memcached)
     hub = hub_process("--subscribe-heartbeat", "0.1")
-    sc = sidecar("--memcached", f"127.0.0.1:{port}", "--max-pending", "3", hub=hub)
+    sc = sidecar_process("--memcached", f"127.0.0.1:{port}", "--max-pending", "3", hub=hub)
     wait_ready(sc)
     memcached.kill()
     [kept] = publish(hub, {"type": "user:1", "keys": ["a"]})
@@ -318,12 +277,12 @@ def test_memcached_restarted_gets_its_pending_invalidations(
 
 
 def test_webhook_failing_then_recovering(
-    hub_process: Callable[..., Proc], sidecar: Callable[..., Proc], webhook: Hook
+    hub_process: Callable[..., Proc], sidecar_process: Callable[..., Proc], webhook: Hook
 ) -> None:
     """Non-2xx answers are retried with backoff until a 2xx: nothing is dropped, in order
     (the start flush first, then the batch)."""
     hub = hub_process("--subscribe-heartbeat", "0.1")
-    sc = sidecar("--webhook", webhook.url, hub=hub)
+    sc = sidecar_process("--webhook", webhook.url, hub=hub)
     wait_for(lambda: len(webhook.bodies) >= 2, timeout=WAIT, what="two failed POSTs")
     [event_id] = publish(hub, {"type": "user:1", "keys": ["a"], "data": {"n": 1}})
     wait_for(lambda: status(sc)["last_event_id"] == event_id, timeout=WAIT, what="event")
@@ -340,10 +299,10 @@ def test_webhook_failing_then_recovering(
 
 
 def test_sigterm_exits_zero(
-    hub_process: Callable[..., Proc], sidecar: Callable[..., Proc], redis_server: Proc
+    hub_process: Callable[..., Proc], sidecar_process: Callable[..., Proc], redis_server: Proc
 ) -> None:
     hub = hub_process("--subscribe-heartbeat", "0.1")
-    sc = sidecar("--redis-url", f"redis://127.0.0.1:{redis_server.port}/0", hub=hub)
+    sc = sidecar_process("--redis-url", f"redis://127.0.0.1:{redis_server.port}/0", hub=hub)
     wait_ready(sc)
     [event_id] = publish(hub, {"type": "user:1", "keys": ["a"]})
     assert applied(sc, event_id) == 200

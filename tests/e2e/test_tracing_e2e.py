@@ -34,7 +34,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from pymemcache.client.base import Client
 
 from tests.otlp import OtlpGrpcCollector, ReceivedSpan
-from tests.servers import BIN, Proc, _spawn, free_port, http_ok, wait_for
+from tests.servers import Proc, free_port, start_sidecar, wait_for
 
 WAIT = 20.0
 HubProcess = Callable[..., Proc]
@@ -60,35 +60,9 @@ def publisher(collector: OtlpGrpcCollector) -> Iterator[Tracer]:
     provider.shutdown()
 
 
-def start_sidecar(hub: Proc, memcached: Proc, env: dict[str, str], *args: str) -> Proc:
+def otel_sidecar(hub: Proc, memcached: Proc, env: dict[str, str], *args: str) -> Proc:
     """`cachewire-sidecar --memcached` with OTEL_* in its environment; once /healthz answers."""
-    port = free_port()
-    argv = [
-        str(BIN / "cachewire-sidecar"),
-        "--hub",
-        f"127.0.0.1:{hub.ports['grpc']}",
-        "--topics",
-        "user",
-        "--memcached",
-        f"127.0.0.1:{memcached.port}",
-        "--health-port",
-        str(port),
-        "--backoff-base",
-        "0.05",
-        "--backoff-cap",
-        "0.5",
-        *args,
-    ]
-    popen, log_path = _spawn(argv, env)
-    proc = Proc(popen, {"health": port}, log_path)
-
-    def alive() -> bool:
-        if popen.poll() is not None:
-            raise RuntimeError(f"cachewire-sidecar exited {popen.returncode}:\n{proc.log()}")
-        return http_ok(f"http://127.0.0.1:{port}/healthz")
-
-    wait_for(alive, timeout=WAIT, what="cachewire-sidecar /healthz")
-    return proc
+    return start_sidecar("--memcached", f"127.0.0.1:{memcached.port}", *args, hub=hub, env=env)
 
 
 def get(proc: Proc, path: str, accept: str = "") -> tuple[int, str, str]:
@@ -201,7 +175,7 @@ def test_one_trace_connects_the_publisher_the_hub_and_the_sidecars_memcached_del
     about a key memcached cannot hold is written inside the apply span, with its ids."""
     hub = hub_process("--subscribe-heartbeat", "0.1", env=collector.env())
     env = collector.env(CACHEWIRE_SIDECAR_LOG_LEVEL="warning")
-    sidecar = start_sidecar(hub, memcached_server, env)
+    sidecar = otel_sidecar(hub, memcached_server, env)
     procs.append(sidecar)
     ready(sidecar)
     with memcache(memcached_server) as mc:
@@ -259,7 +233,7 @@ def test_an_event_published_without_context_starts_its_trace_at_the_hub(
     collector: OtlpGrpcCollector,
 ) -> None:
     hub = hub_process("--subscribe-heartbeat", "0.1", env=collector.env())
-    sidecar = start_sidecar(hub, memcached_server, collector.env())
+    sidecar = otel_sidecar(hub, memcached_server, collector.env())
     procs.append(sidecar)
     ready(sidecar)
     with memcache(memcached_server) as mc:
@@ -294,7 +268,7 @@ def test_an_event_replayed_on_resume_still_carries_its_publish_context(
     http_port, grpc_port = free_port(), free_port()
     hub = hub_process(*args, env=collector.env(), http_port=http_port, grpc_port=grpc_port)
     other = hub_process(*args, grpc=False, env=collector.env())
-    sidecar = start_sidecar(hub, memcached_server, collector.env(), "--max-staleness", "60")
+    sidecar = otel_sidecar(hub, memcached_server, collector.env(), "--max-staleness", "60")
     procs.append(sidecar)
     ready(sidecar)
     ([first], _, _) = publish_in_span(publisher, hub, {"type": "user:1", "keys": ["user:1"]})

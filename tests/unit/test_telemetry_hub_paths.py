@@ -8,9 +8,8 @@ in-memory exporter.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import aiohttp
@@ -26,7 +25,7 @@ from hub.events import Draft, Event
 from hub.server import Hub
 from hub.telemetry import request_context
 from tests.otlp import in_memory_tracing
-from tests.servers import Proc
+from tests.servers import Proc, wait_until
 
 TRACE_A = "0af7651916cd43dd8448eb211c80319c"
 TRACE_B = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -51,16 +50,6 @@ def linked(sp: ReadableSpan) -> list[tuple[str, int]]:
 def spans() -> Iterator[InMemorySpanExporter]:
     with in_memory_tracing() as exporter:
         yield exporter
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll a fact until it holds; fail naming it after WAIT seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT
-    while not await check():
-        if loop.time() > deadline:
-            raise TimeoutError(f"timed out after {WAIT}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def history(hub: Hub, after: str) -> Sequence[Event]:
@@ -212,14 +201,14 @@ async def test_channel_ingest_publishes_in_a_span_that_starts_the_trace(
     async def subscribed() -> bool:
         return int((await redis_client.pubsub_numsub("plasma"))[0][1]) == 1
 
-    await eventually(subscribed, "the hub subscribed to the channel")
+    await wait_until(subscribed, WAIT, "the hub subscribed to the channel")
     message = {"meta": {"type": "program:1", "keys": ["p:1"]}, "data": {"views": 3}}
     await redis_client.publish("plasma", json.dumps(message))
 
     async def published() -> bool:
         return len(spans.get_finished_spans()) == 1
 
-    await eventually(published, "the ingest's publish span")
+    await wait_until(published, WAIT, "the ingest's publish span")
     (span,) = spans.get_finished_spans()
     assert (span.name, span.kind, span.parent) == ("publish", SpanKind.PRODUCER, None)
     attrs = dict(span.attributes or {})

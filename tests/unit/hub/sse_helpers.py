@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-
 from hub.server import Hub
+from tests.hub_http import publish as publish_to
 from tests.sse_wire import SseClient
 
 HubFactory = Callable[..., Any]
@@ -22,13 +20,7 @@ async def start(hub_factory: HubFactory, **settings: Any) -> Hub:
 
 async def publish(hub: Hub, body: Any) -> list[str]:
     """POST /v1/publish; the ids the hub answers."""
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(f"http://127.0.0.1:{hub.http_port}/v1/publish", json=body) as resp,
-    ):
-        assert resp.status == 200, await resp.text()
-        ids: list[str] = (await resp.json())["ids"]
-        return ids
+    return await publish_to(hub.http_port, body)
 
 
 async def subscribe(hub: Hub, target: str = "/?eventType=a", **kw: Any) -> SseClient:
@@ -37,14 +29,6 @@ async def subscribe(hub: Hub, target: str = "/?eventType=a", **kw: Any) -> SseCl
     client = await SseClient.connect(hub.http_port, target, **kw)
     await hub.fanout.wait_subscribers(before + 1, "sse")
     return client
-
-
-async def eventually(check: Callable[[], bool], what: str, within: float = 20.0) -> None:
-    """Poll a fact until it holds (generous bound: the machine is shared)."""
-    async with asyncio.timeout(within):
-        while not check():  # noqa: ASYNC110 - aiohttp's connection list has no event to await
-            await asyncio.sleep(0.01)
-    assert check(), what
 
 
 def connected_peers(hub: Hub) -> set[tuple[str, int]]:

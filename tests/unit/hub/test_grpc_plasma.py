@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -16,6 +15,7 @@ from cachewire.v1 import hub_pb2, hub_pb2_grpc, plasma_pb2, plasma_pb2_grpc
 from hub.brokers.memory import MemoryBroker
 from hub.server import Hub
 from tests.plasma_stub import stream_pb2, stream_pb2_grpc
+from tests.servers import wait_until
 
 TIMEOUT = 20.0
 
@@ -69,13 +69,12 @@ async def publish(channel: grpc.aio.Channel, *types: str, data: str = "") -> lis
 
 async def topics_become(hub: Hub, *topics: str) -> None:
     """Wait until the hub has applied a Request (the stream's topics are these)."""
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
+
+    def applied() -> bool:
         subs = list(hub.fanout.subscriptions("grpc_plasma"))
-        if len(subs) == 1 and subs[0].topics == frozenset(topics):
-            return
-        await asyncio.sleep(0.01)  # polls the fact; no event exists for "retopic applied"
-    raise TimeoutError(f"the hub's topics did not become {topics}")
+        return len(subs) == 1 and subs[0].topics == frozenset(topics)
+
+    await wait_until(applied, TIMEOUT, f"the hub's topics to become {topics}")
 
 
 async def test_subscribe_and_receive_plasmas_payload(hub: Hub, channel: grpc.aio.Channel) -> None:
@@ -205,9 +204,6 @@ async def test_a_client_that_cancels_is_unsubscribed_without_error_logs(
     client.subscribe("a")
     await hub.fanout.wait_subscribers(1, "grpc_plasma")
     client.call.cancel()
-    deadline = time.monotonic() + TIMEOUT
-    while hub.fanout.count("grpc_plasma") and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.01)  # polls the fact: the stream's finally has run
-    assert hub.fanout.count("grpc_plasma") == 0
+    await wait_until(lambda: hub.fanout.count("grpc_plasma") == 0, TIMEOUT, "stream closed")
     assert any(r.getMessage() == "grpc plasma stream closed" for r in caplog.records)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -18,6 +17,7 @@ from hub.grpc_api import EncodeCache
 from hub.grpc_plasma import MAX_HELD, StreamWriter, payload_message
 from hub.server import Hub
 from tests.plasma_stub import stream_pb2, stream_pb2_grpc
+from tests.servers import wait_until
 
 TIMEOUT = 20.0
 EVENTS_METHOD = "/proto.StreamService/Events"
@@ -97,10 +97,7 @@ def closed_records(caplog: pytest.LogCaptureFixture, count: int) -> list[logging
 
 async def stream_closed(hub: Hub) -> None:
     """Wait until the hub has run every Plasma stream's cleanup (its close log line)."""
-    deadline = time.monotonic() + TIMEOUT
-    while hub.fanout.count("grpc_plasma") and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.01)  # polls the fact: the streams' finally has run
-    assert hub.fanout.count("grpc_plasma") == 0
+    await wait_until(lambda: hub.fanout.count("grpc_plasma") == 0, TIMEOUT, "streams closed")
 
 
 async def test_a_burst_reaches_every_subscriber_byte_exact_in_order_and_held(

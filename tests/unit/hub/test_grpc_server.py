@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ from hub.brokers.memory import MemoryBroker
 from hub.server import Hub
 from hub.settings import HubSettings
 from tests.plasma_stub import stream_pb2, stream_pb2_grpc
+from tests.servers import wait_until
 
 TIMEOUT = 20.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -157,8 +157,5 @@ async def test_a_connection_dropped_mid_write_leaves_no_error_in_the_log(
             assert sub.sink.outbox.events > 0  # type: ignore[attr-defined]
             del stuck
         # The reader's channel is closed with the write in flight.
-        deadline = time.monotonic() + TIMEOUT
-        while hub.fanout.count("grpc") and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)  # polls the fact: the stream's finally has run
-    assert hub.fanout.count("grpc") == 0
+        await wait_until(lambda: hub.fanout.count("grpc") == 0, TIMEOUT, "the stream's finally")
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]

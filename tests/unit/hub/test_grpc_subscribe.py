@@ -14,6 +14,7 @@ from cachewire.v1 import hub_pb2, hub_pb2_grpc
 
 from hub.brokers.memory import MemoryBroker
 from hub.server import Hub
+from tests.servers import wait_until
 
 TIMEOUT = 20.0
 Stream = Any  # grpc.aio.UnaryStreamCall[SubscribeRequest, SubscribeResponse]
@@ -272,9 +273,6 @@ async def test_a_client_that_cancels_is_unsubscribed_without_error_logs(
     await next_of(call, "heartbeat")
     assert hub.fanout.count("grpc") == 1
     call.cancel()
-    deadline = time.monotonic() + TIMEOUT
-    while hub.fanout.count("grpc") and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.01)  # polls the fact (no event exists for "unsubscribed")
-    assert hub.fanout.count("grpc") == 0
+    await wait_until(lambda: hub.fanout.count("grpc") == 0, TIMEOUT, "unsubscribed")
     assert any(r.getMessage() == "grpc subscribe closed" for r in caplog.records)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]

@@ -7,8 +7,8 @@ from typing import Any
 
 from hub.events import Draft, Event
 from hub.sse import HEARTBEAT, TRANSPORT_LIMIT, Flusher, SseSink
+from tests.servers import wait_until
 from tests.unit.hub.fakes import FakeRequest, FakeTransport
-from tests.unit.hub.sse_helpers import eventually
 
 
 def events(n: int, start: int = 1) -> list[Event]:
@@ -72,7 +72,7 @@ async def test_backed_up_transport_keeps_frames_until_it_drains() -> None:
     await settle()
     assert transport.writes == []
     transport.buffered = 0
-    await eventually(lambda: bool(transport.writes), "the stalled sink retried by itself")
+    await wait_until(lambda: bool(transport.writes), what="the stalled sink retried by itself")
     assert transport.writes == [b"".join(e.sse_chunk() for e in burst)]
 
 
@@ -143,7 +143,7 @@ async def test_a_burst_larger_than_the_transport_limit_is_written_in_slices() ->
     await settle()
     assert TRANSPORT_LIMIT <= len(transport.writes[0]) < TRANSPORT_LIMIT + 17_000
     total = sum(len(e.sse_chunk()) for e in burst)
-    await eventually(lambda: sum(map(len, transport.writes)) == total, "every slice written")
+    await wait_until(lambda: sum(map(len, transport.writes)) == total, what="every slice written")
     assert b"".join(transport.writes) == b"".join(e.sse_chunk() for e in burst)
 
 
@@ -167,5 +167,5 @@ async def test_a_long_replay_does_not_count_against_the_queue() -> None:
     live = events(5, start=101)
     assert all(s.send(e) for e in live)
     total = sum(len(e.sse_chunk()) for e in [*replay, *live])
-    await eventually(lambda: sum(map(len, transport.writes)) == total, "replay then live")
+    await wait_until(lambda: sum(map(len, transport.writes)) == total, what="replay then live")
     assert b"".join(transport.writes) == b"".join(e.sse_chunk() for e in [*replay, *live])

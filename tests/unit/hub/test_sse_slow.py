@@ -9,11 +9,11 @@ import re
 import aiohttp
 
 from hub.server import Hub
+from tests.servers import wait_until
 from tests.sse_wire import SseClient, StreamEnded, parse_frame
 from tests.unit.hub.sse_helpers import (
     HubFactory,
     connected_peers,
-    eventually,
     publish,
     start,
     subscribe,
@@ -73,7 +73,7 @@ async def test_client_that_never_reads_is_dropped_while_a_fast_one_gets_everythi
         # Memory stays bounded: without the client reading a byte, the hub lets go of the
         # stalled connection (it aborts it `grace` after the drop) and of what it buffered.
         peer = stalled.sock.getsockname()
-        await eventually(lambda: peer not in connected_peers(hub), "stalled connection closed")
+        await wait_until(lambda: peer not in connected_peers(hub), what="stalled connection closed")
         await stalled.until_end()
         assert stalled.eof
     finally:
