@@ -60,6 +60,8 @@ class HubCollector(Collector):
         yield GaugeMetricFamily(
             "cachewire_hub_ready", "1 when the broker works", value=int(broker.ready())
         )
+        if hasattr(broker, "metrics"):  # the Redis broker's reader gaps (hub/brokers/redis.py)
+            yield from broker.metrics()
         if self._hub._ingest is not None:  # Plasma's Redis channels (hub/ingest.py)
             yield from self._hub._ingest.metrics()
 

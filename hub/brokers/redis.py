@@ -13,6 +13,13 @@ every live subscriber of a replica whose reader moves to the new epoch (`on_rese
 was appended but not yet read when the stream was lost is gone. Each entry also records
 the epoch it was written under, so a reader labels every event truthfully.
 
+Gaps: each entry carries `n`, its place in its epoch (a counter in "<stream>:seq" bumped
+by the same script as the XADD). A reader that finds n not following the last n it read
+knows that the entries between were trimmed before it read them (it was paused, cut off,
+or slower than the publishers for longer than the history): it resets its live
+subscribers ("history_expired") instead of skipping them silently. Entries written
+without `n` (before this field existed) are read as before and checked against nothing.
+
 Connections (URLs, Sentinel, backoff, link state) are in redis_link.py.
 """
 
@@ -26,9 +33,10 @@ import random
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from prometheus_client.core import CounterMetricFamily, Metric
 from redis.exceptions import RedisError
 
 from hub.brokers.base import Dispatch, OnReset, Replay
@@ -52,31 +60,50 @@ BLOCK_MS = 5_000  # an idle XREAD returns this often (and refreshes the history 
 READ_COUNT = 1_000  # entries per XREAD
 REPLAY_WAIT = 5.0  # how long a resume waits for Redis, or for this replica's reader
 
-# KEYS: stream, epoch key. ARGV: epoch, maxlen, then per event: field count, fields…
+# KEYS: stream, epoch key, seq key. ARGV: epoch, maxlen, then per event: field count, fields…
+# `n` continues the epoch's counter; without the counter key (deleted, or written by an older
+# hub) it continues from the stream's last entry when that is of this epoch, else from 0.
+# `seq_baseline` in Python mirrors that rule.
 PUBLISH_LUA = """
 local epoch = redis.call('GET', KEYS[2])
 if epoch ~= ARGV[1] or redis.call('EXISTS', KEYS[1]) == 0 then
   return {0, epoch or ''}
 end
+local seq = redis.call('GET', KEYS[3])
+local n = seq and tonumber(seq)
+if not n then
+  n = 0
+  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+  if last then
+    local f, e, m = last[2], nil, nil
+    for j = 1, #f - 1, 2 do
+      if f[j] == 'epoch' then e = f[j + 1] elseif f[j] == 'n' then m = tonumber(f[j + 1]) end
+    end
+    if e == ARGV[1] and m then n = m end
+  end
+end
 local ids = {1}
 local i = 3
 while i <= #ARGV do
-  local n = tonumber(ARGV[i])
+  local count = tonumber(ARGV[i])
+  n = n + 1
   ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*',
-                             'epoch', ARGV[1], unpack(ARGV, i + 1, i + n))
-  i = i + n + 1
+                             'epoch', ARGV[1], 'n', n, unpack(ARGV, i + 1, i + count))
+  i = i + count + 1
 end
+redis.call('SET', KEYS[3], n)
 return ids
 """
 
-# KEYS: stream, epoch key. ARGV: a fresh epoch, used when the stream or its epoch is gone.
-# An empty stream is created with the epoch (XGROUP … MKSTREAM), so that "the stream key
-# is missing" always means "the stream was lost".
+# KEYS: stream, epoch key, seq key. ARGV: a fresh epoch, used when the stream or its epoch
+# is gone. An empty stream is created with the epoch (XGROUP … MKSTREAM), so that "the
+# stream key is missing" always means "the stream was lost". A new epoch counts from 1.
 ENSURE_LUA = """
 local epoch = redis.call('GET', KEYS[2])
 local exists = redis.call('EXISTS', KEYS[1])
 if epoch and exists == 1 then return {epoch, 0} end
 redis.call('SET', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[3])
 if exists == 0 then
   redis.call('XGROUP', 'CREATE', KEYS[1], 'cachewire-init', '$', 'MKSTREAM')
   redis.call('XGROUP', 'DESTROY', KEYS[1], 'cachewire-init')
@@ -128,6 +155,40 @@ def lost_after(pos: Position, info: dict[str, Any]) -> bool:
     return first is None or pos < sid(first[0])
 
 
+_SEQ = re.compile(r"[0-9]{1,20}")
+
+
+def entry_seq(fields: dict[str, str]) -> int | None:
+    """An entry's place `n` in its epoch; None for entries written without one."""
+    text = fields.get("n", "")
+    return int(text) if _SEQ.fullmatch(text) else None
+
+
+def seq_baseline(epoch: str, counter: str | None, last_entry: Any) -> int:
+    """The `n` of the newest entry of `epoch`, as the publish script will continue it: the
+    counter key's value, else the stream's last entry's `n` if it is of `epoch`, else 0."""
+    if counter is not None and _SEQ.fullmatch(counter):
+        return int(counter)
+    if last_entry and last_entry[1].get("epoch") == epoch:
+        return entry_seq(last_entry[1]) or 0
+    return 0
+
+
+def skipped_between(last_n: int | None, n: int | None) -> int | None:
+    """How many entries were lost between two read one after the other: 0 when `n` follows
+    `last_n` or either is unknown; -1 when the counter went back (how many is unknown)."""
+    if last_n is None or n is None or n == last_n + 1:
+        return 0
+    return n - last_n - 1 if n > last_n else -1
+
+
+def stream_id_before(pos: Position) -> Position:
+    """The greatest stream id below `pos` (which is above 0-0): a reset's resume point
+    right before the first entry read after a gap."""
+    ms, seq = pos
+    return (ms, seq - 1) if seq else (ms - 1, 2**64 - 1)
+
+
 def entry_fields(draft: Draft) -> list[str]:
     """A draft → the field/value pairs of its stream entry (empty optional fields left out)."""
     fields = ["type", draft.type, "data", draft.data_json, "published_at", repr(draft.published_at)]
@@ -174,6 +235,7 @@ class RedisBroker:
     ) -> None:
         self.stream = settings.redis_stream
         self.epoch_key = f"{settings.redis_stream}:epoch"
+        self.seq_key = f"{settings.redis_stream}:seq"
         self._url = settings.redis_url
         self._maxlen = settings.history
         self._rng = rng or random.Random()
@@ -182,6 +244,9 @@ class RedisBroker:
         self._write_epoch = ""  # the epoch publishes check against
         self._last = "0-0"  # the newest entry id this replica's reader dispatched
         self._last_pos: Position = (0, 0)
+        self._last_n: int | None = None  # `n` of the newest entry read; None: unknown
+        self.gaps = 0  # times the reader found entries trimmed before it read them
+        self.skipped = 0  # entries so lost (as far as `n` tells)
         self._dead: set[str] = set()  # epochs replaced while this replica ran
         self._suspect: str | None = None  # an entry's unknown epoch: ask Redis which is current
         self._length = 0
@@ -229,7 +294,7 @@ class RedisBroker:
 
     async def _ensure_epoch(self) -> str:
         reply = await self._ensure_script(
-            keys=[self.stream, self.epoch_key], args=[secrets.token_hex(4)]
+            keys=[self.stream, self.epoch_key, self.seq_key], args=[secrets.token_hex(4)]
         )
         epoch, created = str(reply[0]), bool(reply[1])
         if created:
@@ -244,9 +309,13 @@ class RedisBroker:
         """(Re)connect: learn the epoch; a new one means the stream was replaced."""
         epoch = await self._ensure_epoch()
         if not self.epoch:  # first connection: start after the newest entry
-            info = await self._reader.xinfo_stream(self.stream)
+            async with self._reader.pipeline(transaction=True) as pipe:
+                pipe.xinfo_stream(self.stream)
+                pipe.get(self.seq_key)
+                info, counter = await pipe.execute()
             self._last = str(info["last-generated-id"])
             self._last_pos = parse_stream_id(self._last) or (0, 0)
+            self._last_n = seq_baseline(epoch, counter, info.get("last-entry"))
             self._length = int(info["length"])
         elif epoch != self.epoch:
             # The stream we read was lost: read the new one from its start, skipping any
@@ -258,7 +327,7 @@ class RedisBroker:
             )
             self._dead.add(self.epoch)
             old, self.epoch = self.epoch, epoch
-            self._last, self._last_pos = "0-0", (0, 0)
+            self._last, self._last_pos, self._last_n = "0-0", (0, 0), 0
             if self._on_reset is not None:
                 self._on_reset(
                     "epoch_changed",
@@ -316,6 +385,15 @@ class RedisBroker:
                 # on, _sync asks Redis which epoch is current and moves to it.
                 self._suspect = epoch
                 break
+            if epoch not in self._dead:
+                n = entry_seq(fields)
+                skipped = skipped_between(self._last_n, n)
+                if skipped:
+                    self._flush(events)
+                    events = []
+                    self._gap(skipped, entry_id)
+                if n is not None:
+                    self._last_n = n
             self._last = entry_id
             if epoch in self._dead:
                 continue
@@ -328,11 +406,42 @@ class RedisBroker:
                 )
                 continue
             events.append(event)
+        self._flush(events)
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    def _flush(self, events: list[Event]) -> None:
         self._last_pos = parse_stream_id(self._last) or self._last_pos
         if events and self._dispatch is not None:
             self._dispatch(events)
-        self._progress.set()
-        self._progress = asyncio.Event()
+
+    def _gap(self, skipped: int, entry_id: str) -> None:
+        """Entries before `entry_id` were trimmed before this reader read them: reset the
+        live subscribers, who continue from right before it."""
+        self.gaps += 1
+        self.skipped += max(skipped, 0)
+        count = str(skipped) if skipped > 0 else "an unknown number of"
+        log.warning(
+            "redis reader fell behind the stream's trimming: events were skipped; "
+            "live subscribers get a history_expired reset",
+            extra={
+                "stream": self.stream,
+                "skipped": skipped if skipped > 0 else None,
+                "after": f"{self.epoch}-{self._last}",
+                "next": f"{self.epoch}-{entry_id}",
+                "history": self._maxlen,
+            },
+        )
+        pos = parse_stream_id(entry_id)
+        if pos is not None and pos > self._last_pos:
+            self._last_pos = stream_id_before(pos)
+            self._last = stream_id(self._last_pos)
+        if self._on_reset is not None:
+            self._on_reset(
+                "history_expired",
+                f"{count} events were trimmed from the redis stream before this hub replica "
+                "read them (it fell behind by more than the history)",
+            )
 
     async def _refresh(self) -> None:
         """At most once a second: the history size, and where the master is (Sentinel)."""
@@ -357,7 +466,8 @@ class RedisBroker:
                 epoch = self._write_epoch
                 async with asyncio.timeout(COMMAND_TIMEOUT):
                     reply = await self._publish_script(
-                        keys=[self.stream, self.epoch_key], args=[epoch, *args]
+                        keys=[self.stream, self.epoch_key, self.seq_key],
+                        args=[epoch, *args],
                     )
                 if reply[0] == 1:
                     return [
@@ -440,3 +550,17 @@ class RedisBroker:
 
     def ready(self) -> bool:
         return self._link.up.is_set()
+
+    def metrics(self) -> Iterator[Metric]:
+        """The reader's gaps, for hub/metrics.py."""
+        yield CounterMetricFamily(
+            "cachewire_hub_redis_reader_gaps",
+            "Times this replica's reader found stream entries trimmed before it read them "
+            "(its live subscribers were reset)",
+            value=self.gaps,
+        )
+        yield CounterMetricFamily(
+            "cachewire_hub_redis_reader_skipped_events",
+            "Stream entries trimmed before this replica's reader read them",
+            value=self.skipped,
+        )
