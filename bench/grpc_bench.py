@@ -30,7 +30,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,8 +46,8 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # not the clients' GOAWAY noti
 
 import grpc
 from cachewire.v1 import hub_pb2, hub_pb2_grpc, plasma_pb2, plasma_pb2_grpc
+from common import ROOT, cpu_model, free_port, http_ok, percentile, process
 
-ROOT = Path(__file__).resolve().parent.parent
 TOPIC = "bench"
 PUBLISH_BATCH = 500
 CHANNEL_OPTIONS = (("grpc.use_local_subchannel_pool", 1),)  # one connection per subscriber
@@ -68,12 +67,6 @@ class Counter:
         if data.startswith('{"t":'):
             self.latencies.append(time.perf_counter() - json.loads(data)["t"])
         self.changed.set()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -100,42 +93,24 @@ def hub_process(label: str, tree: Path = ROOT) -> Iterator[HubProc]:
     `python -m hub` from `tree` imports that tree's `hub` ahead of the installed one.
     """
     http_port, grpc_port = free_port(), free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hub",
-            "--http-port",
-            str(http_port),
-            "--grpc-port",
-            str(grpc_port),
-            "--queue-size",
-            "1000000",
-            "--subscribe-heartbeat",
-            "60",
-            "--log-level",
-            "warning",
-        ],
-        cwd=tree,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not http_ok(f"http://127.0.0.1:{http_port}/readyz"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("cachewire-hub did not become ready")
-            time.sleep(0.05)
+    argv = [
+        sys.executable,
+        "-m",
+        "hub",
+        "--http-port",
+        str(http_port),
+        "--grpc-port",
+        str(grpc_port),
+        "--queue-size",
+        "1000000",
+        "--subscribe-heartbeat",
+        "60",
+        "--log-level",
+        "warning",
+    ]
+    url = f"http://127.0.0.1:{http_port}/readyz"
+    with process(argv, lambda: http_ok(url), "cachewire-hub", cwd=tree, quiet=False) as proc:
         yield HubProc(label, http_port, grpc_port, proc.pid)
-    finally:
-        proc.terminate()
-        proc.wait(30)
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
 
 
 def grpc_connections(http_port: int) -> int:
@@ -202,11 +177,6 @@ class Result:
     @property
     def delivered_per_s(self) -> float:
         return self.events * self.k / self.seconds
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def run_one(
@@ -357,16 +327,6 @@ async def main_async(args: argparse.Namespace) -> None:
         f"{load_before:.1f}/{os.getloadavg()[0]:.1f}, median of {args.rounds} round(s)"
     )
     print(table([median_of(v) for v in rounds.values()]))
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv: list[str] | None = None) -> None:

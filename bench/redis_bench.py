@@ -30,71 +30,22 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from common import answers, cpu_model, free_port, http_ok, percentile, process, redis_argv
 
-ROOT = Path(__file__).resolve().parent.parent
 TOPIC = "bench"
 
 
 # --- processes ---
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
-
-
-@contextmanager
-def process(argv: list[str], ready_check: Callable[[], bool], what: str) -> Iterator[None]:
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        try:
-            wait_until(lambda: proc.poll() is None and ready_check(), what)
-            yield
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 @contextmanager
@@ -103,19 +54,7 @@ def redis_server(workdir: Path) -> Iterator[str]:
     if exe is None:
         raise SystemExit("redis-server is not installed")
     port = free_port()
-    argv = [
-        exe,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(workdir),
-    ]
+    argv = [*redis_argv(port, exe), "--dir", str(workdir)]
     with process(argv, lambda: answers(port), "redis-server"):
         yield f"redis://127.0.0.1:{port}/0"
 
@@ -135,7 +74,7 @@ def hub(broker_args: list[str]) -> Iterator[int]:
         "1000000",
         *broker_args,
     ]
-    with process(argv, lambda: ready(port), "cachewire-hub /readyz"):
+    with process(argv, lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), "cachewire-hub"):
         yield port
 
 
@@ -174,11 +113,6 @@ async def post(session: aiohttp.ClientSession, port: int, events: list[dict[str,
         if resp.status != 200:
             raise RuntimeError(f"publish answered {resp.status}: {await resp.text()}")
         await resp.read()
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 @dataclass
@@ -364,16 +298,10 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Figures], list[tu
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
     load = os.getloadavg()[0]
     return (
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, nproc {os.cpu_count()}, "
-        f'"{model}", CPython {platform.python_version()}, load average {load:.1f}'
+        f'"{cpu_model()}", CPython {platform.python_version()}, load average {load:.1f}'
     )
 
 

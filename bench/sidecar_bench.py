@@ -31,11 +31,8 @@ import asyncio
 import os
 import platform
 import shutil
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,59 +45,22 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 import grpc
 import redis
 from cachewire.v1 import hub_pb2, hub_pb2_grpc
+from common import ROOT, answers, cpu_model, free_port, http_ok, percentile, process, redis_argv
 from pymemcache.client.base import Client
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sidecar.applier import Applier  # noqa: E402
-from sidecar.server import Sidecar  # noqa: E402
-from sidecar.settings import SidecarSettings  # noqa: E402
-from sidecar.sinks.base import Invalidation, Sink  # noqa: E402
-from sidecar.sinks.memcached import MemcachedSink  # noqa: E402
-from sidecar.sinks.redis import RedisSink  # noqa: E402
-from sidecar.state import Slot  # noqa: E402
+from sidecar.applier import Applier
+from sidecar.server import Sidecar
+from sidecar.settings import SidecarSettings
+from sidecar.sinks.base import Invalidation, Sink
+from sidecar.sinks.memcached import MemcachedSink
+from sidecar.sinks.redis import RedisSink
+from sidecar.state import Slot
 
 TOPIC = "bench"
 PUBLISH_BATCH = 500
 MAX_IN_FLIGHT = 64  # latency publisher: Publish calls awaiting an answer at once
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
-
-
-@contextmanager
-def process(argv: list[str], ready: Any, what: str) -> Iterator[None]:
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while not ready():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not start")
-            time.sleep(0.05)
-        yield
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 @contextmanager
@@ -121,17 +81,7 @@ def servers() -> Iterator[tuple[int, int, int]]:
         "warning",
     ]
     mc_argv = ["memcached", "-p", str(mc), "-l", "127.0.0.1", "-U", "0", "-u", "root", "-m", "256"]
-    rd_argv = [
-        "redis-server",
-        "--port",
-        str(rd),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]
+    rd_argv = redis_argv(rd)
     with (
         process(hub_argv, lambda: http_ok(f"http://127.0.0.1:{http}/readyz"), "hub"),
         process(mc_argv, lambda: answers(mc), "memcached"),
@@ -292,11 +242,6 @@ async def applier_only(kind: str, mode: str, n: int, ports: tuple[int, int, int]
     return Throughput("sidecar applier", kind, mode, n, seconds, sink.round_trips)
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def latency(
     rate: float, seconds: float, per_call: int, ports: tuple[int, int, int]
 ) -> dict[str, Any]:
@@ -377,16 +322,6 @@ async def publish_paced(grpc_port: int, rate: float, seconds: float, per_call: i
     sent = [i for i in ids if i]
     last = max(sent, key=lambda x: int(x.rsplit("-", 1)[1]))
     print(last, len(sent) * per_call / elapsed)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 async def main_async(args: Any) -> None:

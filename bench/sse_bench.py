@@ -52,7 +52,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import cpu_model, free_port, http_ok, process
+
 HUB_CORE, LOAD_CORE = 0, 1
 PIN = True  # --no-pin: let the scheduler place the hub and the load generator
 SERVER = "cachewire"  # --server nchan: the same load against nginx + nchan
@@ -85,12 +86,6 @@ SCENARIOS = (
 # --- the hub process ---
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def pinned() -> bool:
     return (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
 
@@ -101,27 +96,8 @@ def hub_process(port: int) -> Iterator[subprocess.Popen[bytes]]:
     argv = [exe, "--http-port", str(port), "--grpc-port", "off", "--log-level", "warning"]
     if pinned() and PIN:
         argv = ["taskset", "-c", str(HUB_CORE), *argv]
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        try:
-            deadline = time.monotonic() + 60
-            while not http_ok(f"http://127.0.0.1:{port}/readyz"):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    raise RuntimeError(f"cachewire-hub did not start:\n{log.read().decode()}")
-                time.sleep(0.05)
-            yield proc
-        finally:
-            proc.terminate()
-            proc.wait(30)
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
+    with process(argv, lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), "cachewire-hub") as proc:
+        yield proc
 
 
 def sse_connections(port: int) -> int:
@@ -499,13 +475,8 @@ def run(scenario: Scenario, readers_n: int, publishers: int) -> dict[str, Any]:
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
     python = sys.version.split()[0]
-    return f"{os.cpu_count()} cores ({model}), Linux {platform.release()}, Python {python}"
+    return f"{os.cpu_count()} cores ({cpu_model()}), Linux {platform.release()}, Python {python}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
