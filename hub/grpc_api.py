@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cachewire.v1 import hub_pb2
 
@@ -169,22 +170,21 @@ def batch_message(encoded_events: list[bytes]) -> bytes:
     return field_1(b"".join(field_1(e) for e in encoded_events))
 
 
-class SubscribeSink:
-    """The fan-out sink of one Subscribe stream (kind "grpc").
+class OutboxSink(ABC):
+    """What both gRPC sinks share: events and replays queue in one Outbox; a slow-consumer
+    reset drops what was not written (the client flushes, then resubscribes) ahead of the
+    reset itself; close ends the stream UNAVAILABLE, saying why."""
 
-    A heartbeat is queued behind every event dispatched before it, so it promises: every
-    matching event up to high_water_id is ahead of me on this stream. Hence none is sent
-    before `go_live` (while a resume's replay is still being fetched).
-    """
-
-    kind = "grpc"
+    slow_hint: ClassVar[str]  # the close message after a slow-consumer reset; {limit}
 
     def __init__(self, queue_size: int, encode: Callable[[Event], bytes]) -> None:
         self.outbox = Outbox(queue_size)
         self._encode = encode
-        self._heartbeat: bytes | None = None  # the heartbeat queued last, if still queued
-        self._live = False
         self._slow = False
+
+    @abstractmethod
+    def reset_message(self, reason: ResetReason, detail: str, resume_from: str) -> bytes:
+        """The encoded reset of this stream's protocol."""
 
     def send(self, event: Event) -> bool:
         return self.outbox.put(event)
@@ -194,18 +194,36 @@ class SubscribeSink:
 
     def reset(self, reason: ResetReason, detail: str, resume_from: str) -> None:
         if reason == "slow_consumer":
-            # What was not written is dropped: the client flushes, then resubscribes.
             self._slow = True
             self.outbox.clear()
-        self.outbox.put_control(
-            hub_pb2.SubscribeResponse(
-                reset=hub_pb2.Reset(
-                    reason=RESET_REASONS[reason],
-                    detail=detail,
-                    resume_from=resume_from,
-                )
-            ).SerializeToString()
-        )
+        self.outbox.put_control(self.reset_message(reason, detail, resume_from))
+
+    def close(self) -> None:
+        message = self.slow_hint.format(limit=self.outbox.limit) if self._slow else SHUTTING_DOWN
+        self.outbox.finish(Unavailable(message))
+
+
+class SubscribeSink(OutboxSink):
+    """The fan-out sink of one Subscribe stream (kind "grpc").
+
+    A heartbeat is queued behind every event dispatched before it, so it promises: every
+    matching event up to high_water_id is ahead of me on this stream. Hence none is sent
+    before `go_live` (while a resume's replay is still being fetched).
+    """
+
+    kind = "grpc"
+    slow_hint = (
+        "the subscriber fell behind its queue of {limit} events; resubscribe with resume_from"
+    )
+
+    def __init__(self, queue_size: int, encode: Callable[[Event], bytes]) -> None:
+        super().__init__(queue_size, encode)
+        self._heartbeat: bytes | None = None  # the heartbeat queued last, if still queued
+        self._live = False
+
+    def reset_message(self, reason: ResetReason, detail: str, resume_from: str) -> bytes:
+        reset = hub_pb2.Reset(reason=RESET_REASONS[reason], detail=detail, resume_from=resume_from)
+        return hub_pb2.SubscribeResponse(reset=reset).SerializeToString()
 
     def go_live(self, head_id: str) -> None:
         """Called once any replay is queued: the first heartbeat says "subscribed"."""
@@ -225,17 +243,6 @@ class SubscribeSink:
             return
         self._heartbeat = message
         box.put_control(message)
-
-    def close(self) -> None:
-        if self._slow:
-            self.outbox.finish(
-                Unavailable(
-                    f"the subscriber fell behind its queue of {self.outbox.limit} events; "
-                    "resubscribe with resume_from"
-                )
-            )
-        else:
-            self.outbox.finish(Unavailable(SHUTTING_DOWN))
 
     async def messages(self) -> AsyncIterator[bytes]:
         """Encoded SubscribeResponse messages: consecutive events leave as one batch."""

@@ -27,7 +27,7 @@ from hub.brokers.base import ResetReason
 from hub.core import Subscription
 from hub.errors import HubError, Unavailable
 from hub.events import RESET_TYPE, Event, validate_topic
-from hub.grpc_api import SHUTTING_DOWN, EncodeCache, Outbox
+from hub.grpc_api import SHUTTING_DOWN, EncodeCache, Outbox, OutboxSink
 
 if TYPE_CHECKING:
     from hub.server import Hub
@@ -147,38 +147,17 @@ class StreamWriter:
         return True
 
 
-class PlasmaSink:
+class PlasmaSink(OutboxSink):
     """The fan-out sink of one Events stream (kind "grpc_plasma")."""
 
     kind = "grpc_plasma"
+    slow_hint = "the client fell behind its queue of {limit} events; reconnect"
 
-    def __init__(self, queue_size: int, encode: Callable[[Event], bytes]) -> None:
-        self.outbox = Outbox(queue_size)
-        self._encode = encode
-        self._slow = False
-
-    def send(self, event: Event) -> bool:
-        return self.outbox.put(event)
-
-    def send_replay(self, events: list[Event]) -> None:
-        self.outbox.put_all(events)
-
-    def reset(self, reason: ResetReason, detail: str, resume_from: str) -> None:
-        if reason == "slow_consumer":
-            self._slow = True
-            self.outbox.clear()
-        self.outbox.put_control(reset_payload(reason, detail, resume_from))
+    def reset_message(self, reason: ResetReason, detail: str, resume_from: str) -> bytes:
+        return reset_payload(reason, detail, resume_from)
 
     def heartbeat(self, head_id: str) -> None:
         """Plasma's Payload has no heartbeat; gRPC keepalive finds dead peers instead."""
-
-    def close(self) -> None:
-        message = (
-            f"the client fell behind its queue of {self.outbox.limit} events; reconnect"
-            if self._slow
-            else SHUTTING_DOWN
-        )
-        self.outbox.finish(Unavailable(message))
 
     async def messages(self) -> AsyncIterator[bytes]:
         """Encoded Payload messages, one per event (Plasma's contract has no batch).
