@@ -271,3 +271,86 @@ async def test_a_resume_while_redis_is_not_reached_yet_replays_once_it_is(
         assert fanout.last_id == ids[1]
     finally:
         await b.stop()
+
+
+# --- n: each entry's place in its epoch, for the reader's gap detection ---
+
+
+async def places(client: aioredis.Redis) -> list[tuple[str, str | None]]:
+    """(epoch, n) of every entry in the stream, oldest first."""
+    entries = await client.xrange(HubSettings().redis_stream)
+    return [(f.get("epoch", ""), f.get("n")) for _, f in entries]
+
+
+async def test_entries_count_their_place_in_the_epoch_across_batches_and_brokers(
+    broker: BrokerFactory, redis_server: Proc
+) -> None:
+    a, seen_a = await broker()
+    b, seen_b = await broker()
+    await a.publish(drafts("x", "y"))
+    last = (await b.publish(drafts("z")))[0].id
+    last = (await a.publish(drafts("w", "v")))[-1].id
+    await seen_a.wait_for(last)
+    await seen_b.wait_for(last)
+    client = aioredis.from_url(f"redis://127.0.0.1:{redis_server.port}/0", decode_responses=True)
+    try:
+        assert await places(client) == [(a.epoch, str(n)) for n in range(1, 6)]
+        assert await client.get(a.seq_key) == "5"
+    finally:
+        await client.aclose()
+    assert "reset:history_expired" not in seen_a.timeline + seen_b.timeline
+    assert a.gaps == b.gaps == 0
+
+
+async def test_a_lost_counter_continues_and_a_new_epoch_counts_from_one(
+    broker: BrokerFactory, redis_server: Proc
+) -> None:
+    """The counter key deleted: n continues from the last entry. The epoch key deleted (a
+    new epoch, the stream kept) or everything lost: the new epoch counts from 1, and its
+    readers reset for the new epoch only (no history_expired)."""
+    b, seen = await broker()
+    client = aioredis.from_url(f"redis://127.0.0.1:{redis_server.port}/0", decode_responses=True)
+    try:
+        await b.publish(drafts("a", "b"))
+        await client.delete(b.seq_key)
+        await b.publish(drafts("c"))
+        first = b.epoch
+        assert await places(client) == [(first, "1"), (first, "2"), (first, "3")]
+        await client.delete(b.epoch_key)
+        new = (await b.publish(drafts("d", "e")))[-1].id
+        await seen.wait_for(new)
+        assert (await places(client))[3:] == [(b.epoch, "1"), (b.epoch, "2")]
+        await client.flushall()
+        newer = (await b.publish(drafts("f")))[-1].id
+        await seen.wait_for(newer)
+        assert await places(client) == [(b.epoch, "1")]
+    finally:
+        await client.aclose()
+    assert seen.timeline.count("reset:epoch_changed") == 2
+    assert "reset:history_expired" not in seen.timeline and b.gaps == 0
+
+
+async def test_entries_of_an_older_hub_without_n_break_nothing(
+    broker: BrokerFactory, redis_server: Proc
+) -> None:
+    """A stream written by a hub from before `n` (and one still writing, mid-upgrade): the
+    broker counts from 1 and its reader resets nobody."""
+    client = aioredis.from_url(f"redis://127.0.0.1:{redis_server.port}/0", decode_responses=True)
+    stream = HubSettings().redis_stream
+    try:
+        await client.xadd(stream, {"epoch": "old1", "type": "a", "data": "null"})
+        await client.set(f"{stream}:epoch", "old1")
+        b, seen = await broker()
+        await b.publish(drafts("a"))
+        legacy = await client.xadd(stream, {"epoch": "old1", "type": "a", "data": "1"})
+        last = (await b.publish(drafts("b")))[0].id
+        await seen.wait_for(last)
+        assert await places(client) == [
+            ("old1", None),
+            ("old1", "1"),
+            ("old1", None),
+            ("old1", "2"),
+        ]
+    finally:
+        await client.aclose()
+    assert seen.timeline[1] == f"old1-{legacy}" and "reset:history_expired" not in seen.timeline
