@@ -416,14 +416,25 @@ class RedisBroker:
             self._dispatch(events)
 
     def _gap(self, skipped: int, entry_id: str) -> None:
-        """Entries before `entry_id` were trimmed before this reader read them: reset the
-        live subscribers, who continue from right before it."""
+        """Entries before `entry_id` were lost before this reader read them (skipped < 0:
+        `n` went back, the history it read was rewritten, e.g. writes a failed master took
+        with it): reset the live subscribers, who continue from right before `entry_id`."""
         self.gaps += 1
         self.skipped += max(skipped, 0)
-        count = str(skipped) if skipped > 0 else "an unknown number of"
+        if skipped > 0:
+            msg = "redis reader fell behind the stream's trimming: events were skipped"
+            detail = (
+                f"{skipped} events were trimmed from the redis stream before this hub replica "
+                "read them (it fell behind by more than the history)"
+            )
+        else:
+            msg = "redis reader found the stream's sequence going back: events may be missing"
+            detail = (
+                "the redis stream's history changed under this hub replica's reader (its "
+                "sequence went back, e.g. writes lost in a failover): events may be missing"
+            )
         log.warning(
-            "redis reader fell behind the stream's trimming: events were skipped; "
-            "live subscribers get a history_expired reset",
+            f"{msg}; live subscribers get a history_expired reset",
             extra={
                 "stream": self.stream,
                 "skipped": skipped if skipped > 0 else None,
@@ -437,11 +448,7 @@ class RedisBroker:
             self._last_pos = stream_id_before(pos)
             self._last = stream_id(self._last_pos)
         if self._on_reset is not None:
-            self._on_reset(
-                "history_expired",
-                f"{count} events were trimmed from the redis stream before this hub replica "
-                "read them (it fell behind by more than the history)",
-            )
+            self._on_reset("history_expired", detail)
 
     async def _refresh(self) -> None:
         """At most once a second: the history size, and where the master is (Sentinel)."""
