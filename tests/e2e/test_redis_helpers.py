@@ -18,7 +18,7 @@ import aiohttp
 import grpc
 from cachewire.v1 import hub_pb2, hub_pb2_grpc
 
-from tests.servers import Proc
+from tests.servers import Proc, wait_until
 
 WAIT = 30.0  # seconds: generous, the machine is shared
 
@@ -179,9 +179,4 @@ async def metric(proc: Proc, name: str, labels: str = "") -> float:
 
 async def eventually(check: Any, what: str, within: float = WAIT) -> None:
     """Poll an async fact (a coroutine function returning bool) until it holds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await check():
-        if loop.time() > deadline:
-            raise TimeoutError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
+    await wait_until(check, within=within, what=what)
