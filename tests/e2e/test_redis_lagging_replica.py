@@ -16,7 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from cachewire.v1 import hub_pb2
 
-from hub.brokers.redis import parse_event_id, parse_stream_id
+from hub.brokers.redis_reader import parse_event_id, parse_stream_id
 from hub.events import Position
 from hub.settings import HubSettings
 from tests.e2e.test_redis_helpers import Frame, GrpcSubscribe, Sse, metric, publish

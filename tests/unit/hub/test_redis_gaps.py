@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from hub.brokers.base import ResetReason
-from hub.brokers.redis import (
-    RedisBroker,
+from hub.brokers.redis import RedisBroker
+from hub.brokers.redis_reader import (
+    StreamReader,
     entry_seq,
     seq_baseline,
     skipped_between,
@@ -86,78 +87,79 @@ def test_the_resume_point_of_a_gap_is_the_greatest_id_before_the_next_entry() ->
 
 
 @pytest.fixture
-async def reader() -> AsyncIterator[tuple[RedisBroker, Fanout, FakeSink]]:
-    """A broker that never connects (its clients are lazy), at epoch "e" after entry 1-0."""
+async def reader() -> AsyncIterator[tuple[StreamReader, Fanout, FakeSink]]:
+    """A broker's reader that never connects (its clients are lazy), at epoch "e" after 1-0."""
     broker = RedisBroker(HubSettings(broker="redis", history=20))
-    broker.epoch, broker._last, broker._last_pos, broker._last_n = "e", "1-0", (1, 0), 1
+    stream = broker.reader
+    stream.epoch, stream.last, stream.last_pos, stream._last_n = "e", "1-0", (1, 0), 1
     fanout = Fanout(broker)
-    broker._dispatch, broker._on_reset = fanout.dispatch, fanout.reset_all
+    stream._dispatch, stream._on_reset = fanout.dispatch, fanout.reset_all
     sink = FakeSink()
     await fanout.subscribe(frozenset({"a"}), sink)
-    yield broker, fanout, sink
+    yield stream, fanout, sink
     await broker.stop()
 
 
 async def test_consecutive_entries_are_dispatched_with_no_reset(
-    reader: tuple[RedisBroker, Fanout, FakeSink],
+    reader: tuple[StreamReader, Fanout, FakeSink],
 ) -> None:
-    broker, _, sink = reader
-    broker._handle([entry("2-0", 2), entry("2-1", 3), entry("3-0", 4)])
+    stream, _, sink = reader
+    stream._handle([entry("2-0", 2), entry("2-1", 3), entry("3-0", 4)])
     assert sink.ids() == ["e-2-0", "e-2-1", "e-3-0"] and sink.resets == []
-    assert broker.gaps == broker.skipped == 0
+    assert stream.gaps == stream.skipped == 0
 
 
 async def test_a_gap_resets_between_the_events_before_and_after_it(
-    reader: tuple[RedisBroker, Fanout, FakeSink],
+    reader: tuple[StreamReader, Fanout, FakeSink],
 ) -> None:
     """n 2, then 5: entries 3 and 4 were trimmed unread. The reset comes after e-2-0, its
     resume point is right before e-9-0 (a resume from it misses nothing kept), then e-9-0."""
-    broker, fanout, _ = reader
+    stream, fanout, _ = reader
     sink = TimelineSink()
     await fanout.subscribe(frozenset({"a"}), sink)
-    broker._handle([entry("2-0", 2), entry("9-0", 5), entry("9-1", 6)])
+    stream._handle([entry("2-0", 2), entry("9-0", 5), entry("9-1", 6)])
     assert sink.timeline == ["e-2-0", f"history_expired@e-8-{2**64 - 1}", "e-9-0", "e-9-1"]
-    assert (broker.gaps, broker.skipped) == (1, 2)
-    assert broker.head_id() == fanout.last_id == "e-9-1"
+    assert (stream.gaps, stream.skipped) == (1, 2)
+    assert stream.head_id() == fanout.last_id == "e-9-1"
 
 
 async def test_a_gap_at_the_start_of_a_read_is_seen_too(
-    reader: tuple[RedisBroker, Fanout, FakeSink],
+    reader: tuple[StreamReader, Fanout, FakeSink],
 ) -> None:
-    broker, _, sink = reader
-    broker._handle([entry("7-3", 40)])
+    stream, _, sink = reader
+    stream._handle([entry("7-3", 40)])
     assert [r[0] for r in sink.resets] == ["history_expired"]
     assert sink.resets[0][2] == "e-7-2" and "38 events were trimmed" in sink.resets[0][1]
-    assert sink.ids() == ["e-7-3"] and broker.skipped == 38
+    assert sink.ids() == ["e-7-3"] and stream.skipped == 38
 
 
 async def test_entries_without_n_are_read_as_before_and_break_nothing(
-    reader: tuple[RedisBroker, Fanout, FakeSink],
+    reader: tuple[StreamReader, Fanout, FakeSink],
 ) -> None:
     """Written by a hub from before `n` (a rolling upgrade): nothing to check them against;
     the entries with `n` around them still count from one another."""
-    broker, _, sink = reader
-    broker._handle([entry("2-0", None), entry("3-0", 2), entry("4-0", None), entry("5-0", 3)])
+    stream, _, sink = reader
+    stream._handle([entry("2-0", None), entry("3-0", 2), entry("4-0", None), entry("5-0", 3)])
     assert sink.ids() == ["e-2-0", "e-3-0", "e-4-0", "e-5-0"] and sink.resets == []
-    broker._last_n = None  # a reader that has seen no `n` yet
-    broker._handle([entry("6-0", None), entry("7-0", 10), entry("8-0", 11)])
-    assert sink.resets == [] and broker.gaps == 0
+    stream._last_n = None  # a reader that has seen no `n` yet
+    stream._handle([entry("6-0", None), entry("7-0", 10), entry("8-0", 11)])
+    assert sink.resets == [] and stream.gaps == 0
 
 
 async def test_a_counter_that_went_back_resets_too(
-    reader: tuple[RedisBroker, Fanout, FakeSink],
+    reader: tuple[StreamReader, Fanout, FakeSink],
 ) -> None:
-    broker, _, sink = reader
-    broker._handle([entry("2-0", 1)])
+    stream, _, sink = reader
+    stream._handle([entry("2-0", 1)])
     assert [r[0] for r in sink.resets] == ["history_expired"]
     assert "sequence went back" in sink.resets[0][1]
-    assert (broker.gaps, broker.skipped) == (1, 0) and sink.ids() == ["e-2-0"]
+    assert (stream.gaps, stream.skipped) == (1, 0) and sink.ids() == ["e-2-0"]
 
 
 async def test_entries_of_a_replaced_epoch_do_not_count(
-    reader: tuple[RedisBroker, Fanout, FakeSink],
+    reader: tuple[StreamReader, Fanout, FakeSink],
 ) -> None:
-    broker, _, sink = reader
-    broker._dead.add("old")
-    broker._handle([entry("2-0", 900, epoch="old"), entry("3-0", 2)])
+    stream, _, sink = reader
+    stream._dead.add("old")
+    stream._handle([entry("2-0", 900, epoch="old"), entry("3-0", 2)])
     assert sink.ids() == ["e-3-0"] and sink.resets == []
