@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := redis-server memcached chromium
 
-.PHONY: install system-deps run readme proto proto-check lint format typecheck pytest test check bench
+.PHONY: install system-deps run readme proto proto-check lint format typecheck pytest test check \
+	bench lock lock-check check-latest dist
 
 system-deps:  ## Debian packages the tests use: redis-server, memcached, chromium
 	@if ! command -v redis-server >/dev/null || ! command -v memcached >/dev/null \
@@ -15,12 +16,28 @@ system-deps:  ## Debian packages the tests use: redis-server, memcached, chromiu
 $(PY):
 	python3 -m venv $(VENV)
 
-install: $(PY)  ## the package and its dev tools into .venv
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+install: $(PY) lock-check  ## exactly the locked packages, then cachewire itself (editable), into .venv
+	$(PY) -m pip install -q --require-hashes --no-deps -r requirements/dev.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+
+lock-check:  ## fail when pyproject.toml's dependencies changed and the locks did not
+	python3 scripts/lock.py --check
+
+lock: $(PY)  ## regenerate requirements/*.lock from pyproject.toml (newest allowed versions)
+	$(PY) -m pip install -q uv
+	$(PY) scripts/lock.py --upgrade
+
+check-latest:  ## nightly-style: the newest allowed versions instead of the lock, then the tests
+	rm -rf .venv-latest && python3 -m venv .venv-latest
+	.venv-latest/bin/python -m pip install -q --upgrade -e '.[dev]'
+	.venv-latest/bin/mypy
+	.venv-latest/bin/pytest
+
+dist: install  ## an sdist and a wheel in dist/
+	rm -rf dist && $(PY) -m build --no-isolation --outdir dist .
 
 run: install  ## a hub with the embedded memory broker on 127.0.0.1:8080 (gRPC 50051)
-	$(BIN)/cachewire-hub
+	$(BIN)/cachewire hub
 
 proto:  ## regenerate the committed stubs from proto/
 	$(PY) scripts/gen_proto.py
@@ -48,4 +65,4 @@ pytest:
 
 test: system-deps install pytest  ## install what the tests need, then run them
 
-check: system-deps install proto-check lint typecheck pytest  ## everything CI checks
+check: system-deps install proto-check lint typecheck pytest  ## everything CI checks (lock-check first)

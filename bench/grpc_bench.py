@@ -45,8 +45,9 @@ from typing import Any
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # not the clients' GOAWAY notices at exit
 
 import grpc
-from cachewire.v1 import hub_pb2, hub_pb2_grpc, plasma_pb2, plasma_pb2_grpc
 from common import ROOT, cpu_model, free_port, http_ok, percentile, process
+
+from cachewire.v1 import hub_pb2, hub_pb2_grpc, plasma_pb2, plasma_pb2_grpc
 
 TOPIC = "bench"
 PUBLISH_BATCH = 500

@@ -225,10 +225,10 @@ async def pace(
 
 async def broker_alone(url: str | None, events: int, batch: int) -> tuple[float, float, float]:
     """Sequential publishes: (events/s, publish→dispatch p50 ms, p99 ms)."""
-    from hub.brokers.memory import MemoryBroker
-    from hub.brokers.redis import RedisBroker
-    from hub.events import Draft, Event
-    from hub.settings import HubSettings
+    from cachewire.hub.brokers.memory import MemoryBroker
+    from cachewire.hub.brokers.redis import RedisBroker
+    from cachewire.hub.events import Draft, Event
+    from cachewire.hub.settings import HubSettings
 
     latencies: list[float] = []
     done = asyncio.Event()

@@ -44,19 +44,20 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import grpc
 import redis
-from cachewire.v1 import hub_pb2, hub_pb2_grpc
 from common import ROOT, answers, cpu_model, free_port, http_ok, percentile, process, redis_argv
 from pymemcache.client.base import Client
 
+from cachewire.v1 import hub_pb2, hub_pb2_grpc
+
 sys.path.insert(0, str(ROOT))
 
-from sidecar.applier import Applier
-from sidecar.server import Sidecar
-from sidecar.settings import SidecarSettings
-from sidecar.sinks.base import Invalidation, Sink
-from sidecar.sinks.memcached import MemcachedSink
-from sidecar.sinks.redis import RedisSink
-from sidecar.state import Slot
+from cachewire.sidecar.applier import Applier
+from cachewire.sidecar.server import Sidecar
+from cachewire.sidecar.settings import SidecarSettings
+from cachewire.sidecar.sinks.base import Invalidation, Sink
+from cachewire.sidecar.sinks.memcached import MemcachedSink
+from cachewire.sidecar.sinks.redis import RedisSink
+from cachewire.sidecar.state import Slot
 
 TOPIC = "bench"
 PUBLISH_BATCH = 500

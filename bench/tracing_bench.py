@@ -29,16 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-from cachewire import telemetry as ct
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
-from hub import telemetry
-from hub.brokers.memory import MemoryBroker
-from hub.events import Draft
-from hub.server import Hub
-from hub.settings import HubSettings
+from cachewire.common import telemetry as ct
+from cachewire.hub import telemetry
+from cachewire.hub.brokers.memory import MemoryBroker
+from cachewire.hub.events import Draft
+from cachewire.hub.server import Hub
+from cachewire.hub.settings import HubSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

@@ -34,7 +34,7 @@ import aiohttp
 import cachetools
 from aiohttp import web
 
-from sidecar.client import Invalidator
+from cachewire.sidecar.client import Invalidator
 
 User = dict[str, Any]
 INVALIDATOR = web.AppKey("invalidator", Invalidator)

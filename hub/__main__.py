@@ -1,4 +1,4 @@
-"""`cachewire-hub` / `python -m hub`: parse settings, run the hub until SIGTERM or SIGINT."""
+"""`cachewire hub` (alias `cachewire-hub`): parse settings, run the hub until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from cachewire import logs
-
-from hub.errors import ConfigError
-from hub.server import Hub
-from hub.settings import HubSettings, parse
+from cachewire.common import logs
+from cachewire.hub.errors import ConfigError
+from cachewire.hub.server import Hub
+from cachewire.hub.settings import HubSettings, parse
 
 
 async def serve(settings: HubSettings) -> None:
@@ -30,17 +29,17 @@ async def serve(settings: HubSettings) -> None:
     await hub.stop()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None, prog: str = "cachewire-hub") -> None:
     try:
-        settings = parse(HubSettings, sys.argv[1:] if argv is None else argv)
+        settings = parse(HubSettings, sys.argv[1:] if argv is None else argv, prog=prog)
     except ConfigError as exc:
-        print(f"cachewire-hub: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     logs.setup(settings.log_level)
     try:
         asyncio.run(serve(settings))
     except OSError as exc:  # e.g. the port is taken
-        print(f"cachewire-hub: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
 
 

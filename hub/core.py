@@ -14,8 +14,8 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
-from hub.brokers.base import Broker, Replay, ResetReason
-from hub.events import Event, Position, matches, type_prefixes
+from cachewire.hub.brokers.base import Broker, Replay, ResetReason
+from cachewire.hub.events import Event, Position, matches, type_prefixes
 
 
 class Sink(Protocol):

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub.errors import InvalidInput, TooLarge
+from cachewire.hub.errors import InvalidInput, TooLarge
 
 MAX_TYPE_BYTES = 256
 RESET_TYPE = "cachewire:reset"

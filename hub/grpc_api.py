@@ -18,15 +18,14 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from cachewire.hub import telemetry
+from cachewire.hub.brokers.base import ResetReason
+from cachewire.hub.errors import HubError, InvalidInput, Unavailable
+from cachewire.hub.events import Draft, Event, data_json_from_text, make_draft, parse_topics
 from cachewire.v1 import hub_pb2
 
-from hub import telemetry
-from hub.brokers.base import ResetReason
-from hub.errors import HubError, InvalidInput, Unavailable
-from hub.events import Draft, Event, data_json_from_text, make_draft, parse_topics
-
 if TYPE_CHECKING:
-    from hub.server import Hub
+    from cachewire.hub.server import Hub
 
 log = logging.getLogger("cachewire.hub.grpc")
 

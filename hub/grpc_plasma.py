@@ -20,17 +20,17 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from cachewire.v1 import plasma_pb2
 from grpc._cython import cygrpc  # grpc.aio's implementation: see StreamWriter
 
-from hub.brokers.base import ResetReason
-from hub.core import Subscription
-from hub.errors import HubError, Unavailable
-from hub.events import RESET_TYPE, Event, validate_topic
-from hub.grpc_api import SHUTTING_DOWN, EncodeCache, Outbox, OutboxSink
+from cachewire.hub.brokers.base import ResetReason
+from cachewire.hub.core import Subscription
+from cachewire.hub.errors import HubError, Unavailable
+from cachewire.hub.events import RESET_TYPE, Event, validate_topic
+from cachewire.hub.grpc_api import SHUTTING_DOWN, EncodeCache, Outbox, OutboxSink
+from cachewire.v1 import plasma_pb2
 
 if TYPE_CHECKING:
-    from hub.server import Hub
+    from cachewire.hub.server import Hub
 
 log = logging.getLogger("cachewire.hub.grpc")
 

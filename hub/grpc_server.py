@@ -16,17 +16,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
-from cachewire.v1 import hub_pb2, plasma_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from hub.errors import HubError, Unavailable
-from hub.grpc_api import SHUTTING_DOWN, HubService, Outbox
-from hub.grpc_plasma import StreamService
+from cachewire.hub.errors import HubError, Unavailable
+from cachewire.hub.grpc_api import SHUTTING_DOWN, HubService, Outbox
+from cachewire.hub.grpc_plasma import StreamService
+from cachewire.v1 import hub_pb2, plasma_pb2
 
 if TYPE_CHECKING:
-    from hub.server import Hub
+    from cachewire.hub.server import Hub
 
 log = logging.getLogger("cachewire.hub.grpc")
 

@@ -7,14 +7,14 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from cachewire.telemetry import exposition
 
-from hub import sse, telemetry
-from hub.errors import HubError, TooLarge
-from hub.events import drafts_from_json, parse_json
+from cachewire.common.telemetry import exposition
+from cachewire.hub import sse, telemetry
+from cachewire.hub.errors import HubError, TooLarge
+from cachewire.hub.events import drafts_from_json, parse_json
 
 if TYPE_CHECKING:
-    from hub.server import Hub
+    from cachewire.hub.server import Hub
 
 log = logging.getLogger("cachewire.hub.http")
 

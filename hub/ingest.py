@@ -33,8 +33,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from hub import telemetry
-from hub.brokers.redis_link import (
+from cachewire.hub import telemetry
+from cachewire.hub.brokers.redis_link import (
     BACKOFF_BASE,
     BACKOFF_CAP,
     COMMAND_TIMEOUT,
@@ -44,11 +44,11 @@ from hub.brokers.redis_link import (
     follow_master,
     next_delay,
 )
-from hub.errors import InvalidInput, TooLarge
-from hub.events import Draft, make_draft, parse_json
+from cachewire.hub.errors import InvalidInput, TooLarge
+from cachewire.hub.events import Draft, make_draft, parse_json
 
 if TYPE_CHECKING:
-    from hub.server import Hub
+    from cachewire.hub.server import Hub
 
 log = logging.getLogger("cachewire.hub.ingest")
 
@@ -197,7 +197,7 @@ class ChannelIngest:
             self.leader = False
             with contextlib.suppress(RedisError, OSError):
                 async with asyncio.timeout(COMMAND_TIMEOUT):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
 
     async def _ingest(self, messages: list[dict[str, Any]]) -> None:
         s = self._hub.settings

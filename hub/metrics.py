@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from hub.server import Hub
+    from cachewire.hub.server import Hub
 
 TRANSPORTS = ("sse", "grpc_plasma", "grpc")
 

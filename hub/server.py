@@ -13,23 +13,23 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from hub import http_api, sse, telemetry
-from hub.brokers.base import Broker
-from hub.brokers.memory import MemoryBroker
-from hub.core import Fanout
-from hub.metrics import make_registry
-from hub.settings import HubSettings
+from cachewire.hub import http_api, sse, telemetry
+from cachewire.hub.brokers.base import Broker
+from cachewire.hub.brokers.memory import MemoryBroker
+from cachewire.hub.core import Fanout
+from cachewire.hub.metrics import make_registry
+from cachewire.hub.settings import HubSettings
 
 if TYPE_CHECKING:
-    from hub.grpc_server import GrpcServer
-    from hub.ingest import ChannelIngest
+    from cachewire.hub.grpc_server import GrpcServer
+    from cachewire.hub.ingest import ChannelIngest
 
 log = logging.getLogger("cachewire.hub")
 
 
 def make_broker(settings: HubSettings) -> Broker:
     if settings.broker == "redis":
-        from hub.brokers.redis import RedisBroker
+        from cachewire.hub.brokers.redis import RedisBroker
 
         return RedisBroker(settings)
     return MemoryBroker(settings.history)
@@ -80,13 +80,13 @@ class Hub:
         self.http_port = server.sockets[0].getsockname()[1]
         # 3. gRPC: Plasma's StreamService and cachewire's Hub service.
         if s.grpc_port is not None:
-            from hub.grpc_server import GrpcServer
+            from cachewire.hub.grpc_server import GrpcServer
 
             self._grpc = GrpcServer(self)
             self.grpc_port = await self._grpc.start(s.host, s.grpc_port)
         # 4. Plasma's publishers: ingest Redis pub/sub channels (one replica at a time).
         if s.redis_channels:
-            from hub.ingest import ChannelIngest
+            from cachewire.hub.ingest import ChannelIngest
 
             self._ingest = ChannelIngest(self)
             await self._ingest.start()

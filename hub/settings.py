@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
 
-from cachewire.config import (
+from cachewire.common.config import (
     choice,
     convert,
     csv,
@@ -26,8 +26,7 @@ from cachewire.config import (
     positive_int,
     seconds,
 )
-
-from hub.errors import ConfigError
+from cachewire.hub.errors import ConfigError
 
 BrokerKind = Literal["memory", "redis"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -75,7 +74,7 @@ def _broker(text: str) -> str:
 
 
 def _redis_url(text: str) -> str:
-    from hub.brokers.redis_link import check_url  # here: redis-py loads only when needed
+    from cachewire.hub.brokers.redis_link import check_url  # here: redis-py loads only when needed
 
     return check_url(text)
 
@@ -236,11 +235,14 @@ def build_parser(prog: str = "cachewire-hub") -> argparse.ArgumentParser:
 
 
 def parse(
-    cls: type[HubSettings], argv: Sequence[str], env: Mapping[str, str] | None = None
+    cls: type[HubSettings],
+    argv: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    prog: str = "cachewire-hub",
 ) -> HubSettings:
     """Flags and environment → settings; a bad value raises ConfigError naming it."""
     env = os.environ if env is None else env
-    args = vars(build_parser().parse_args(list(argv)))
+    args = vars(build_parser(prog).parse_args(list(argv)))
     values: dict[str, Any] = {}
     for opt in OPTIONS:
         raw = lookup(opt.flag, args.get(opt.field), env, opt.env)

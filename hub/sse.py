@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from hub.brokers.base import ResetReason
-from hub.errors import HubError, InvalidInput
-from hub.events import RESET_TYPE, Event, as_chunk, parse_topics
+from cachewire.hub.brokers.base import ResetReason
+from cachewire.hub.errors import HubError, InvalidInput
+from cachewire.hub.events import RESET_TYPE, Event, as_chunk, parse_topics
 
 if TYPE_CHECKING:
-    from hub.server import Hub
+    from cachewire.hub.server import Hub
 
 log = logging.getLogger("cachewire.hub.sse")
 

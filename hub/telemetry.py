@@ -25,7 +25,6 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 
-from cachewire import telemetry as ct
 from opentelemetry import trace
 from opentelemetry.trace import (
     Link,
@@ -38,15 +37,16 @@ from opentelemetry.trace import (
     use_span,
 )
 
-from hub.brokers.base import Broker
-from hub.events import Draft, Event
+from cachewire.common import telemetry as ct
+from cachewire.hub.brokers.base import Broker
+from cachewire.hub.events import Draft, Event
 
 SERVICE_NAME = "cachewire-hub"
 log = logging.getLogger("cachewire.hub.publish")
 
 
 def setup() -> None:
-    """Configure tracing from OTEL_* (once per process); see cachewire.telemetry."""
+    """Configure tracing from OTEL_* (once per process); see cachewire.common.telemetry."""
     ct.configure(SERVICE_NAME)
 
 

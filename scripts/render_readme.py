@@ -10,8 +10,8 @@ import re
 import sys
 from pathlib import Path
 
-from hub.settings import settings_table as hub_table
-from sidecar.settings import settings_table as sidecar_table
+from cachewire.hub.settings import settings_table as hub_table
+from cachewire.sidecar.settings import settings_table as sidecar_table
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 TABLES = {"hub-settings": hub_table, "sidecar-settings": sidecar_table}
@@ -20,9 +20,10 @@ TABLES = {"hub-settings": hub_table, "sidecar-settings": sidecar_table}
 def render(text: str) -> str:
     for name, table in TABLES.items():
         pattern = re.compile(rf"(<!-- {name} -->\n).*?(<!-- /{name} -->)", re.S)
-        if not pattern.search(text):
+        match = pattern.search(text)
+        if not match:
             raise SystemExit(f"README.md has no <!-- {name} --> block")
-        text = pattern.sub(lambda m, t=table: m.group(1) + t() + "\n" + m.group(2), text)
+        text = text[: match.end(1)] + table() + "\n" + text[match.start(2) :]
     return text
 
 

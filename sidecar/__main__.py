@@ -1,4 +1,4 @@
-"""`cachewire-sidecar` / `python -m sidecar`: parse settings, run until SIGTERM or SIGINT.
+"""`cachewire sidecar` (alias `cachewire-sidecar`): parse settings, run until SIGTERM or SIGINT.
 
 A bad flag, variable or config file ends the start with one line naming it (exit 2). On
 SIGTERM the sidecar stops reading the hub, finishes the batch in flight (and what else is
@@ -12,16 +12,15 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from cachewire import logs
-
-from sidecar import telemetry
-from sidecar.errors import ConfigError
-from sidecar.settings import SidecarSettings, parse
-from sidecar.sinks.base import SinkError
+from cachewire.common import logs
+from cachewire.sidecar import telemetry
+from cachewire.sidecar.errors import ConfigError
+from cachewire.sidecar.settings import SidecarSettings, parse
+from cachewire.sidecar.sinks.base import SinkError
 
 
 async def serve(settings: SidecarSettings) -> None:
-    from sidecar.server import Sidecar  # after parsing: a bad flag is reported at once
+    from cachewire.sidecar.server import Sidecar  # after parsing: a bad flag is reported at once
 
     sidecar = Sidecar(settings)
     stop = asyncio.Event()
@@ -35,21 +34,21 @@ async def serve(settings: SidecarSettings) -> None:
         await sidecar.stop()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None, prog: str = "cachewire-sidecar") -> None:
     try:
-        settings = parse(sys.argv[1:] if argv is None else argv)
+        settings = parse(sys.argv[1:] if argv is None else argv, prog=prog)
     except ConfigError as exc:
-        print(f"cachewire-sidecar: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     logs.setup(settings.log_level)
     telemetry.setup()  # tracing from OTEL_* (off unless configured)
     try:
         asyncio.run(serve(settings))
     except ConfigError as exc:
-        print(f"cachewire-sidecar: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except (OSError, SinkError) as exc:  # e.g. the health or relay port is taken
-        print(f"cachewire-sidecar: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     finally:
         telemetry.flush()  # the spans still buffered

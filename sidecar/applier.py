@@ -25,15 +25,15 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from cachewire import telemetry as ct
 from opentelemetry import trace
 
-from sidecar.errors import InvalidInput
-from sidecar.metrics import Metrics
-from sidecar.positions import Epochs, Pos, min_id, parse_id
-from sidecar.rules import Rules
-from sidecar.sinks.base import Invalidation
-from sidecar.state import (
+from cachewire.common import telemetry as ct
+from cachewire.sidecar.errors import InvalidInput
+from cachewire.sidecar.metrics import Metrics
+from cachewire.sidecar.positions import Epochs, Pos, min_id, parse_id
+from cachewire.sidecar.rules import Rules
+from cachewire.sidecar.sinks.base import Invalidation
+from cachewire.sidecar.state import (
     Clock,
     FlushCause,
     Item,
@@ -42,7 +42,7 @@ from sidecar.state import (
     Staleness,
     batch_due_in,
 )
-from sidecar.worker import Worker
+from cachewire.sidecar.worker import Worker
 
 __all__ = ["Applier", "Item", "Notifier", "Slot", "Staleness", "Worker", "batch_due_in"]
 

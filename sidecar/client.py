@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import grpc
-from cachewire.v1 import hub_pb2, hub_pb2_grpc
 
-from sidecar import telemetry
-from sidecar._backoff import next_delay
-from sidecar.guard import CacheGuard, EventLike
+from cachewire.sidecar import telemetry
+from cachewire.sidecar._backoff import next_delay
+from cachewire.sidecar.guard import CacheGuard, EventLike
+from cachewire.v1 import hub_pb2, hub_pb2_grpc
 
 __all__ = [
     "MAX_TOPIC_BYTES",

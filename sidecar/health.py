@@ -17,12 +17,12 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from cachewire.telemetry import exposition
 
-from sidecar.errors import InvalidInput, SidecarError
+from cachewire.common.telemetry import exposition
+from cachewire.sidecar.errors import InvalidInput, SidecarError
 
 if TYPE_CHECKING:
-    from sidecar.server import Sidecar
+    from cachewire.sidecar.server import Sidecar
 
 log = logging.getLogger("cachewire.sidecar.health")
 

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sidecar.telemetry import ApplyLag
+from cachewire.sidecar.telemetry import ApplyLag
 
 
 class _Gauges(Collector):

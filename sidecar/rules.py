@@ -26,8 +26,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sidecar.errors import ConfigError
-from sidecar.sinks.base import Invalidation
+from cachewire.sidecar.errors import ConfigError
+from cachewire.sidecar.sinks.base import Invalidation
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CAPTURE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\.\.\.)?\}")

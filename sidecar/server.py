@@ -11,15 +11,15 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from sidecar.applier import Applier
-from sidecar.errors import ConfigError
-from sidecar.health import HealthServer
-from sidecar.metrics import Metrics
-from sidecar.rules import Rules
-from sidecar.settings import SidecarSettings
-from sidecar.sinks.base import Sink
-from sidecar.state import Slot
-from sidecar.stream import StreamClient
+from cachewire.sidecar.applier import Applier
+from cachewire.sidecar.errors import ConfigError
+from cachewire.sidecar.health import HealthServer
+from cachewire.sidecar.metrics import Metrics
+from cachewire.sidecar.rules import Rules
+from cachewire.sidecar.settings import SidecarSettings
+from cachewire.sidecar.sinks.base import Sink
+from cachewire.sidecar.state import Slot
+from cachewire.sidecar.stream import StreamClient
 
 log = logging.getLogger("cachewire.sidecar")
 
@@ -28,7 +28,7 @@ def make_slots(s: SidecarSettings, metrics: Metrics) -> list[Slot]:
     """The sinks the settings ask for, each with its flush policy."""
     slots: list[Slot] = []
     if s.memcached:
-        from sidecar.sinks.memcached import MemcachedSink
+        from cachewire.sidecar.sinks.memcached import MemcachedSink
 
         slots.append(
             Slot(
@@ -42,16 +42,16 @@ def make_slots(s: SidecarSettings, metrics: Metrics) -> list[Slot]:
             )
         )
     if s.redis_url:
-        from sidecar.sinks.redis import RedisSink
+        from cachewire.sidecar.sinks.redis import RedisSink
 
         slots.append(Slot(RedisSink(s.redis_url, flush_enabled=s.redis_flush), s.redis_flush))
     if s.webhook:
-        from sidecar.sinks.webhook import WebhookSink
+        from cachewire.sidecar.sinks.webhook import WebhookSink
 
         slots.append(Slot(WebhookSink(s.webhook, timeout=s.webhook_timeout), s.webhook_flush))
     if s.relay_port is not None:
         try:
-            from sidecar.sinks.local import RelaySink
+            from cachewire.sidecar.sinks.local import RelaySink
         except ImportError as exc:
             raise ConfigError(f"--relay-port: the local relay is not available ({exc})") from None
         # The relay's app caches are always cleared on a gap: there is nothing to opt out of.

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
 from urllib.parse import urlsplit
 
-from cachewire.config import (
+from cachewire.common.config import (
     Raw,
     choice,
     convert,
@@ -29,9 +29,8 @@ from cachewire.config import (
     positive_int,
     seconds,
 )
-
-from sidecar.errors import ConfigError
-from sidecar.rules import Rule, parse_rules
+from cachewire.sidecar.errors import ConfigError
+from cachewire.sidecar.rules import Rule, parse_rules
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 PrefixPolicy = Literal["flush", "ignore"]
@@ -291,10 +290,12 @@ def load_config(path: str) -> tuple[dict[str, tuple[str, str]], tuple[Rule, ...]
     return values, rules
 
 
-def parse(argv: Sequence[str], env: Mapping[str, str] | None = None) -> SidecarSettings:
+def parse(
+    argv: Sequence[str], env: Mapping[str, str] | None = None, prog: str = "cachewire-sidecar"
+) -> SidecarSettings:
     """Flags, environment and config file → settings; ConfigError names the bad one."""
     env = os.environ if env is None else env
-    args = vars(build_parser().parse_args(list(argv)))
+    args = vars(build_parser(prog).parse_args(list(argv)))
     raw: dict[str, Raw] = {}
     for opt in OPTIONS:
         value = args.get(opt.field)

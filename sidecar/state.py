@@ -16,8 +16,8 @@ from typing import Literal
 
 from opentelemetry import trace
 
-from sidecar.positions import Pos
-from sidecar.sinks.base import Invalidation, Sink
+from cachewire.sidecar.positions import Pos
+from cachewire.sidecar.sinks.base import Invalidation, Sink
 
 FlushCause = Literal["start", "reset", "stale", "overflow", "event", "epoch"]
 Clock = Callable[[], float]

@@ -20,11 +20,11 @@ from collections.abc import Callable
 from typing import Protocol
 
 import grpc
-from cachewire.v1 import hub_pb2, hub_pb2_grpc
 
-from sidecar import telemetry
-from sidecar._backoff import next_delay
-from sidecar.sinks.base import Invalidation
+from cachewire.sidecar import telemetry
+from cachewire.sidecar._backoff import next_delay
+from cachewire.sidecar.sinks.base import Invalidation
+from cachewire.v1 import hub_pb2, hub_pb2_grpc
 
 __all__ = ["StreamClient", "next_delay", "to_invalidation"]
 

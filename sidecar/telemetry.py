@@ -20,17 +20,18 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol
 
-from cachewire import telemetry as ct
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer, use_span
 from prometheus_client import CollectorRegistry
+
+from cachewire.common import telemetry as ct
 
 SERVICE_NAME = "cachewire-sidecar"
 _OFF: AbstractContextManager[None] = nullcontext()
 
 
 def setup() -> None:
-    """Configure tracing from OTEL_* (once per process); see cachewire.telemetry."""
+    """Configure tracing from OTEL_* (once per process); see cachewire.common.telemetry."""
     ct.configure(SERVICE_NAME)
 
 

@@ -17,10 +17,10 @@ from itertools import islice
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from sidecar import telemetry
-from sidecar._backoff import next_delay
-from sidecar.metrics import Metrics
-from sidecar.state import Clock, Item, Notifier, Slot, batch_due_in
+from cachewire.sidecar import telemetry
+from cachewire.sidecar._backoff import next_delay
+from cachewire.sidecar.metrics import Metrics
+from cachewire.sidecar.state import Clock, Item, Notifier, Slot, batch_due_in
 
 log = logging.getLogger("cachewire.sidecar.applier")
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from hub.server import Hub
-from hub.settings import HubSettings
+from cachewire.hub.server import Hub
+from cachewire.hub.settings import HubSettings
 from tests.servers import Proc, start_hub, start_memcached, start_redis, start_sidecar
 
 

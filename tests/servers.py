@@ -164,9 +164,9 @@ def start_hub(
     grpc_port: int | None = None,
     probe: str = "/readyz",
 ) -> Proc:
-    """`cachewire-hub` as a user runs it, on free ports; returns once `probe` answers 200."""
+    """`cachewire hub` as a user runs it, on free ports; returns once `probe` answers 200."""
     http_port = http_port or free_port()
-    argv = [str(BIN / "cachewire-hub"), "--http-port", str(http_port)]
+    argv = [str(BIN / "cachewire"), "hub", "--http-port", str(http_port)]
     ports = {"http": http_port}
     if grpc:
         grpc_port = grpc_port or free_port()
@@ -197,14 +197,14 @@ def start_sidecar(
     probe: str = "/healthz",
     timeout: float = 20.0,
 ) -> Proc:
-    """`cachewire-sidecar` as a user runs it, on a free health port; returns once `probe`
+    """`cachewire sidecar` as a user runs it, on a free health port; returns once `probe`
     answers 200 and fails with the log if the process exits first.
 
     With `hub`, it subscribes to that hub's gRPC port for `topics` (`None`: pass them in
     `args`); `fast_backoff` reconnects within half a second, so a test never waits long.
     """
     health = free_port()
-    argv = [str(BIN / "cachewire-sidecar"), "--health-host", "127.0.0.1"]
+    argv = [str(BIN / "cachewire"), "sidecar", "--health-host", "127.0.0.1"]
     argv += ["--health-port", str(health)]
     if hub is not None:
         argv += ["--hub", f"127.0.0.1:{hub.ports['grpc']}"]

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from hub.events import Draft, Event, Position
+from cachewire.hub.events import Draft, Event, Position
 
 ResetReason = Literal["history_expired", "epoch_changed", "unknown_id", "slow_consumer"]
 Dispatch = Callable[[Sequence[Event]], None]

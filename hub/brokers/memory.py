@@ -6,8 +6,8 @@ import re
 import secrets
 from collections.abc import Sequence
 
-from hub.brokers.base import Dispatch, OnReset, Replay, split_id
-from hub.events import Draft, Event, Position
+from cachewire.hub.brokers.base import Dispatch, OnReset, Replay, split_id
+from cachewire.hub.events import Draft, Event, Position
 
 # ASCII digits only ("²".isdigit() is true) and short enough for int() (Plasma's ids are
 # bare counters such as "42": they have no epoch and so never parse as ours).

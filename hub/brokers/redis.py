@@ -35,18 +35,18 @@ from typing import Any
 from prometheus_client.core import Metric
 from redis.exceptions import RedisError
 
-from hub.brokers.base import Dispatch, OnReset, Replay
-from hub.brokers.redis_link import COMMAND_TIMEOUT, connect
-from hub.brokers.redis_reader import (
+from cachewire.hub.brokers.base import Dispatch, OnReset, Replay
+from cachewire.hub.brokers.redis_link import COMMAND_TIMEOUT, connect
+from cachewire.hub.brokers.redis_reader import (
     StreamReader,
     event_from_entry,
     parse_event_id,
     parse_stream_id,
     stream_id,
 )
-from hub.errors import Unavailable
-from hub.events import Draft, Event, Position
-from hub.settings import HubSettings
+from cachewire.hub.errors import Unavailable
+from cachewire.hub.events import Draft, Event, Position
+from cachewire.hub.settings import HubSettings
 
 log = logging.getLogger("cachewire.hub.redis")
 

@@ -112,9 +112,7 @@ def connect(url: str, *, retries: int, decode: bool = True) -> aioredis.Redis:
         sentinel_kwargs["ssl"] = options["ssl"] = True
     if sentinel.sentinel_password:
         sentinel_kwargs["password"] = sentinel.sentinel_password
-    sentinels = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-        sentinel.sentinels, sentinel_kwargs=sentinel_kwargs
-    )
+    sentinels = Sentinel(sentinel.sentinels, sentinel_kwargs=sentinel_kwargs)
     client: aioredis.Redis = sentinels.master_for(
         sentinel.service,
         db=sentinel.db,

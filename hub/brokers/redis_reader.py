@@ -31,8 +31,8 @@ import redis.asyncio as aioredis
 from prometheus_client.core import CounterMetricFamily, Metric
 from redis.exceptions import RedisError
 
-from hub.brokers.base import Dispatch, OnReset
-from hub.brokers.redis_link import (
+from cachewire.hub.brokers.base import Dispatch, OnReset
+from cachewire.hub.brokers.redis_link import (
     BACKOFF_BASE,
     BACKOFF_CAP,
     COMMAND_TIMEOUT,
@@ -41,7 +41,7 @@ from hub.brokers.redis_link import (
     follow_master,
     next_delay,
 )
-from hub.events import Event, Position
+from cachewire.hub.events import Event, Position
 
 log = logging.getLogger("cachewire.hub.redis")
 

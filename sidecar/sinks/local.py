@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import grpc
-from cachewire.v1 import hub_pb2, hub_pb2_grpc
 
-from sidecar.client import matches, parse_topics
-from sidecar.sinks.base import Invalidation, SinkError
+from cachewire.sidecar.client import matches, parse_topics
+from cachewire.sidecar.sinks.base import Invalidation, SinkError
+from cachewire.v1 import hub_pb2, hub_pb2_grpc
 
 log = logging.getLogger("cachewire.sidecar.relay")
 

@@ -24,8 +24,8 @@ from typing import Any
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheError
 
-from sidecar.metrics import Metrics
-from sidecar.sinks.base import Invalidation, SinkError
+from cachewire.sidecar.metrics import Metrics
+from cachewire.sidecar.sinks.base import Invalidation, SinkError
 
 log = logging.getLogger("cachewire.sidecar.memcached")
 

@@ -15,7 +15,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from sidecar.sinks.base import Invalidation, SinkError
+from cachewire.sidecar.sinks.base import Invalidation, SinkError
 
 CHUNK = 500  # keys per UNLINK
 SCAN_COUNT = 1000

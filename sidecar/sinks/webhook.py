@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from sidecar.sinks.base import Invalidation, SinkError
+from cachewire.sidecar.sinks.base import Invalidation, SinkError
 
 
 def _data(data_json: str) -> Any:

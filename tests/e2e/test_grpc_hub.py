@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
-from cachewire.v1 import hub_pb2, hub_pb2_grpc
 
+from cachewire.v1 import hub_pb2, hub_pb2_grpc
 from tests.hub_http import publish, wait_connections
 from tests.plasma_stub import stream_pb2, stream_pb2_grpc
 from tests.servers import Proc

@@ -52,9 +52,14 @@ def test_bad_setting_stops_the_start_with_one_line(
     assert done.stderr.count("\n") == 1
 
 
-def test_python_dash_m_hub_is_the_same_command() -> None:
+@pytest.mark.parametrize(
+    "argv",
+    [["-m", "cachewire", "hub"], ["-m", "cachewire.hub"]],
+    ids=["python -m cachewire hub", "python -m cachewire.hub"],
+)
+def test_python_dash_m_is_the_same_command(argv: list[str]) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "hub", "--history", "0"],
+        [sys.executable, *argv, "--history", "0"],
         capture_output=True,
         text=True,
         timeout=60,

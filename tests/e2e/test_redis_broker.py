@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from hub.brokers.base import ResetReason
-from hub.brokers.redis import RedisBroker
-from hub.core import Fanout
-from hub.errors import Unavailable
-from hub.events import Draft, Event
-from hub.settings import HubSettings
+from cachewire.hub.brokers.base import ResetReason
+from cachewire.hub.brokers.redis import RedisBroker
+from cachewire.hub.core import Fanout
+from cachewire.hub.errors import Unavailable
+from cachewire.hub.events import Draft, Event
+from cachewire.hub.settings import HubSettings
 from tests.servers import Proc, free_port, start_redis
 from tests.unit.hub.fakes import FakeSink
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import aiohttp
 import grpc
-from cachewire.v1 import hub_pb2, hub_pb2_grpc
 
+from cachewire.v1 import hub_pb2, hub_pb2_grpc
 from tests.servers import Proc, wait_until
 
 WAIT = 30.0  # seconds: generous, the machine is shared

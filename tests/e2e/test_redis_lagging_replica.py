@@ -14,11 +14,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
-from cachewire.v1 import hub_pb2
 
-from hub.brokers.redis_reader import parse_event_id, parse_stream_id
-from hub.events import Position
-from hub.settings import HubSettings
+from cachewire.hub.brokers.redis_reader import parse_event_id, parse_stream_id
+from cachewire.hub.events import Position
+from cachewire.hub.settings import HubSettings
+from cachewire.v1 import hub_pb2
 from tests.e2e.test_redis_helpers import Frame, GrpcSubscribe, Sse, metric, publish
 from tests.servers import Proc
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
-from cachewire.v1 import hub_pb2, hub_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cachewire.v1 import hub_pb2, hub_pb2_grpc
 from tests.e2e.test_redis_helpers import GrpcSubscribe, Sse, eventually, get, http, publish
 from tests.servers import Proc, free_port, start_redis
 

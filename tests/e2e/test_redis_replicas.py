@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from cachewire.v1 import hub_pb2
 
+from cachewire.v1 import hub_pb2
 from tests.e2e.test_redis_helpers import GrpcSubscribe, Sse, get, publish
 from tests.servers import Proc, start_hub, start_redis
 

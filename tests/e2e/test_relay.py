@@ -14,7 +14,7 @@ from typing import Any
 
 import cachetools
 
-from sidecar.client import Invalidator
+from cachewire.sidecar.client import Invalidator
 from tests.servers import Proc, free_port, start_sidecar
 
 WAIT = 20.0

@@ -1,5 +1,5 @@
 """The examples as a user runs them: examples/app.py (two processes, one database) behind a
-`cachewire-sidecar` relay, and examples/publisher.py, against a `cachewire-hub` process."""
+`cachewire-sidecar` relay, and `cachewire publish`, against a `cachewire-hub` process."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def start_apps(n: int, relay_port: int, hub: Proc, db: Path) -> list[Proc]:
 
 def publisher(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "publisher.py"), *args],
+        [str(Path(sys.executable).parent / "cachewire"), "publish", *args],
         input=stdin,
         capture_output=True,
         text=True,
@@ -123,7 +123,7 @@ def test_a_write_through_one_app_invalidates_the_others_cache(
     assert http("GET", f"{url_a}/users/1")[0] == 200
 
 
-def test_the_publisher_example(hub_process: Callable[..., Proc]) -> None:
+def test_cachewire_publish(hub_process: Callable[..., Proc]) -> None:
     hub = hub_process(grpc=False)
     hub_url = f"http://127.0.0.1:{hub.ports['http']}"
     ok = publisher(
@@ -148,8 +148,11 @@ def test_the_publisher_example(hub_process: Callable[..., Proc]) -> None:
     assert refused.returncode == 1
     assert "empty segment" in refused.stderr and "Traceback" not in refused.stderr
 
-    not_plasma = publisher("--hub-url", hub_url, stdin='{"type":"x"}\n')
-    assert not_plasma.returncode == 1 and "line 1" in not_plasma.stderr
+    ndjson = publisher("--hub-url", hub_url, stdin='{"type":"x","keys":["x:1"]}\n')
+    assert ndjson.returncode == 0 and len(ndjson.stdout.split()) == 1, ndjson.stderr
+
+    not_an_event = publisher("--hub-url", hub_url, stdin='{"type":"x"}\n[1, 2]\n')
+    assert not_an_event.returncode == 1 and "line 2" in not_an_event.stderr
 
     down = publisher("--hub-url", f"http://127.0.0.1:{free_port()}", "--type", "a")
     assert down.returncode == 2 and "cannot reach the hub" in down.stderr

@@ -25,7 +25,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from pymemcache.client.base import Client
 
-from sidecar.client import Invalidator
+from cachewire.sidecar.client import Invalidator
 from tests.servers import (
     BIN,
     Proc,
@@ -342,7 +342,7 @@ def test_bad_flag_or_config_exits_2_with_one_line(
 
 def test_python_dash_m_sidecar_help() -> None:
     result = subprocess.run(
-        [str(BIN / "python"), "-m", "sidecar", "--help"],
+        [str(BIN / "python"), "-m", "cachewire.sidecar", "--help"],
         capture_output=True,
         text=True,
         timeout=WAIT,

@@ -11,11 +11,11 @@ import redis
 from aiohttp import web
 from pymemcache.client.base import Client
 
-from sidecar.metrics import Metrics
-from sidecar.sinks.base import Invalidation, SinkError
-from sidecar.sinks.memcached import MemcachedSink, key_problem
-from sidecar.sinks.redis import RedisSink, match_pattern
-from sidecar.sinks.webhook import WebhookSink, batch_body
+from cachewire.sidecar.metrics import Metrics
+from cachewire.sidecar.sinks.base import Invalidation, SinkError
+from cachewire.sidecar.sinks.memcached import MemcachedSink, key_problem
+from cachewire.sidecar.sinks.redis import RedisSink, match_pattern
+from cachewire.sidecar.sinks.webhook import WebhookSink, batch_body
 from tests.servers import Proc, start_memcached
 
 BIG = 2000  # more keys than one pipelined write (memcached CHUNK = 1000)

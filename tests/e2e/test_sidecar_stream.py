@@ -12,14 +12,14 @@ from typing import Any
 
 import grpc
 import pytest
-from cachewire.v1 import hub_pb2, hub_pb2_grpc
 
-from hub.brokers.memory import MemoryBroker
-from hub.events import make_draft
-from hub.server import Hub
-from sidecar.server import Sidecar
-from sidecar.settings import SidecarSettings
-from sidecar.state import Slot
+from cachewire.hub.brokers.memory import MemoryBroker
+from cachewire.hub.events import make_draft
+from cachewire.hub.server import Hub
+from cachewire.sidecar.server import Sidecar
+from cachewire.sidecar.settings import SidecarSettings
+from cachewire.sidecar.state import Slot
+from cachewire.v1 import hub_pb2, hub_pb2_grpc
 from tests.otlp import in_memory_tracing
 from tests.servers import free_port
 from tests.unit.sidecar.fakes import MemorySink

@@ -15,8 +15,8 @@ from typing import Any
 
 import grpc
 import pytest
-from cachewire.v1 import hub_pb2, hub_pb2_grpc
 
+from cachewire.v1 import hub_pb2, hub_pb2_grpc
 from tests.otlp import Collector, OtlpGrpcCollector, OtlpHttpCollector, ReceivedSpan
 from tests.servers import Proc, http_ok, wait_for
 

@@ -1,4 +1,4 @@
-"""cachewire.config: the value converters and source lookup the hub and the sidecar share."""
+"""cachewire.common.config: the value converters and source lookup the hub and the sidecar share."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from cachewire import config
+
+from cachewire.common import config
 
 
 class Bad(Exception):

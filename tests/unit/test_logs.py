@@ -1,4 +1,4 @@
-"""cachewire.logs: the JSON-lines logging the hub and the sidecar both set up."""
+"""cachewire.common.logs: the JSON-lines logging the hub and the sidecar both set up."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-from cachewire import logs
+
+from cachewire.common import logs
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""cachewire.telemetry: OTEL_* selection, trace context strings, log fields, lag exemplars."""
+"""cachewire.common.telemetry: OTEL_* selection, trace context, log fields, lag exemplars."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import subprocess
 import sys
 
 import pytest
-from cachewire import telemetry as ct
-from cachewire.logs import JsonFormatter
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from sidecar.sinks.base import Invalidation
+from cachewire.common import telemetry as ct
+from cachewire.common.logs import JsonFormatter
+from cachewire.sidecar.sinks.base import Invalidation
 from tests.otlp import in_memory_tracing
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -233,8 +233,8 @@ def test_with_nothing_configured_no_sdk_is_loaded_and_no_provider_is_set() -> No
     code = (
         "import sys, logging; logging.basicConfig(level='INFO')\n"
         "from opentelemetry import trace\n"
-        "from cachewire import telemetry as ct\n"
-        "from hub import telemetry\n"
+        "from cachewire.common import telemetry as ct\n"
+        "from cachewire.hub import telemetry\n"
         "telemetry.setup()\n"
         "assert ct.tracer() is None and ct.configure('again') is None\n"
         "assert 'opentelemetry.sdk.trace' not in sys.modules, 'the SDK was imported'\n"

@@ -12,13 +12,13 @@ from typing import Any
 
 import aiohttp
 import cachetools
-from cachewire import telemetry as ct
-from cachewire.v1 import hub_pb2
 from opentelemetry.trace import SpanKind
 
-from hub.server import Hub
-from sidecar import telemetry
-from sidecar.client import Invalidator
+from cachewire.common import telemetry as ct
+from cachewire.hub.server import Hub
+from cachewire.sidecar import telemetry
+from cachewire.sidecar.client import Invalidator
+from cachewire.v1 import hub_pb2
 from tests.otlp import in_memory_tracing
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"

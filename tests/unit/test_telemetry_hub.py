@@ -16,20 +16,20 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-from cachewire import telemetry as ct
-from cachewire.logs import JsonFormatter
-from cachewire.v1 import hub_pb2, hub_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from hub import telemetry
-from hub.brokers.memory import MemoryBroker
-from hub.errors import Unavailable
-from hub.events import Draft, Event
-from hub.server import Hub
-from hub.settings import HubSettings
+from cachewire.common import telemetry as ct
+from cachewire.common.logs import JsonFormatter
+from cachewire.hub import telemetry
+from cachewire.hub.brokers.memory import MemoryBroker
+from cachewire.hub.errors import Unavailable
+from cachewire.hub.events import Draft, Event
+from cachewire.hub.server import Hub
+from cachewire.hub.settings import HubSettings
+from cachewire.v1 import hub_pb2, hub_pb2_grpc
 from tests.otlp import in_memory_tracing
 from tests.servers import Proc, start_redis
 

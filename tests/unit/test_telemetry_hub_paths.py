@@ -16,14 +16,14 @@ import aiohttp
 import grpc
 import pytest
 import redis.asyncio as aioredis
-from cachewire.v1 import hub_pb2, hub_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from hub.events import Draft, Event
-from hub.server import Hub
-from hub.telemetry import request_context
+from cachewire.hub.events import Draft, Event
+from cachewire.hub.server import Hub
+from cachewire.hub.telemetry import request_context
+from cachewire.v1 import hub_pb2, hub_pb2_grpc
 from tests.otlp import in_memory_tracing
 from tests.servers import Proc, wait_until
 

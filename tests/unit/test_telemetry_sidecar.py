@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from cachewire import telemetry as ct
-from cachewire.v1 import hub_pb2
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
-from sidecar import telemetry
-from sidecar.sinks.base import Invalidation, SinkError
+from cachewire.common import telemetry as ct
+from cachewire.sidecar import telemetry
+from cachewire.sidecar.sinks.base import Invalidation, SinkError
+from cachewire.v1 import hub_pb2
 from tests.otlp import in_memory_tracing
 
 TRACE_A = "0af7651916cd43dd8448eb211c80319c"

@@ -8,9 +8,9 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from hub.brokers.base import Dispatch, Replay, ResetReason
-from hub.brokers.memory import MemoryBroker
-from hub.events import Event
+from cachewire.hub.brokers.base import Dispatch, Replay, ResetReason
+from cachewire.hub.brokers.memory import MemoryBroker
+from cachewire.hub.events import Event
 
 
 @dataclass(eq=False)

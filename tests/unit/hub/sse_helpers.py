@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from hub.server import Hub
+from cachewire.hub.server import Hub
 from tests.hub_http import publish as publish_to
 from tests.sse_wire import SseClient
 

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from hub.brokers.memory import MemoryBroker
-from hub.core import Fanout
-from hub.events import Draft
+from cachewire.hub.brokers.memory import MemoryBroker
+from cachewire.hub.core import Fanout
+from cachewire.hub.events import Draft
 from tests.unit.hub.fakes import AheadBroker, FakeSink, GatedBroker
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from hub.errors import InvalidInput, TooLarge
-from hub.events import (
+from cachewire.hub.errors import InvalidInput, TooLarge
+from cachewire.hub.events import (
     Event,
     data_json_from_text,
     drafts_from_json,

@@ -9,13 +9,13 @@ from typing import Any
 
 import grpc
 import pytest
-from cachewire.v1 import hub_pb2, hub_pb2_grpc, plasma_pb2
 
-from hub import grpc_plasma
-from hub.events import Event
-from hub.grpc_api import EncodeCache
-from hub.grpc_plasma import MAX_HELD, StreamWriter, payload_message
-from hub.server import Hub
+from cachewire.hub import grpc_plasma
+from cachewire.hub.events import Event
+from cachewire.hub.grpc_api import EncodeCache
+from cachewire.hub.grpc_plasma import MAX_HELD, StreamWriter, payload_message
+from cachewire.hub.server import Hub
+from cachewire.v1 import hub_pb2, hub_pb2_grpc, plasma_pb2
 from tests.plasma_stub import stream_pb2, stream_pb2_grpc
 from tests.servers import wait_until
 

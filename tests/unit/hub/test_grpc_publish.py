@@ -7,12 +7,12 @@ from typing import Any
 
 import grpc
 import pytest
-from cachewire.v1 import hub_pb2, hub_pb2_grpc
 
-from hub.brokers.memory import MemoryBroker
-from hub.errors import Unavailable
-from hub.events import Draft, Event
-from hub.server import Hub
+from cachewire.hub.brokers.memory import MemoryBroker
+from cachewire.hub.errors import Unavailable
+from cachewire.hub.events import Draft, Event
+from cachewire.hub.server import Hub
+from cachewire.v1 import hub_pb2, hub_pb2_grpc
 
 TIMEOUT = 20.0
 Input = hub_pb2.EventInput

@@ -10,13 +10,13 @@ from typing import Any
 
 import grpc
 import pytest
-from cachewire.v1 import hub_pb2, hub_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from hub.brokers.memory import MemoryBroker
-from hub.server import Hub
-from hub.settings import HubSettings
+from cachewire.hub.brokers.memory import MemoryBroker
+from cachewire.hub.server import Hub
+from cachewire.hub.settings import HubSettings
+from cachewire.v1 import hub_pb2, hub_pb2_grpc
 from tests.plasma_stub import stream_pb2, stream_pb2_grpc
 from tests.servers import wait_until
 

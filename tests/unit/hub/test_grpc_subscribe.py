@@ -10,10 +10,10 @@ from typing import Any
 
 import grpc
 import pytest
-from cachewire.v1 import hub_pb2, hub_pb2_grpc
 
-from hub.brokers.memory import MemoryBroker
-from hub.server import Hub
+from cachewire.hub.brokers.memory import MemoryBroker
+from cachewire.hub.server import Hub
+from cachewire.v1 import hub_pb2, hub_pb2_grpc
 from tests.servers import wait_until
 
 TIMEOUT = 20.0

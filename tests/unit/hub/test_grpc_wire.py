@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from cachewire.v1 import hub_pb2, plasma_pb2
 
-from hub.errors import InvalidInput, TooLarge, Unavailable
-from hub.events import Event
-from hub.grpc_api import (
+from cachewire.hub.errors import InvalidInput, TooLarge, Unavailable
+from cachewire.hub.events import Event
+from cachewire.hub.grpc_api import (
     MAX_BATCH,
     EncodeCache,
     Outbox,
@@ -18,7 +17,8 @@ from hub.grpc_api import (
     drafts_from_request,
     event_message,
 )
-from hub.grpc_plasma import PlasmaSink, payload_message
+from cachewire.hub.grpc_plasma import PlasmaSink, payload_message
+from cachewire.v1 import hub_pb2, plasma_pb2
 from tests.plasma_stub import stream_pb2
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

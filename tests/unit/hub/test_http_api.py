@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from hub.server import Hub
+from cachewire.hub.server import Hub
 from tests.sse_wire import SseClient
 from tests.unit.hub.sse_helpers import HubFactory, publish, start, subscribe
 

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from hub.brokers.memory import MemoryBroker
-from hub.events import Draft, Event
+from cachewire.hub.brokers.memory import MemoryBroker
+from cachewire.hub.events import Draft, Event
 
 
 async def filled(n: int, history: int = 100) -> tuple[MemoryBroker, list[Event]]:

@@ -7,18 +7,18 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from hub.brokers.base import ResetReason
-from hub.brokers.redis import RedisBroker
-from hub.brokers.redis_reader import (
+from cachewire.hub.brokers.base import ResetReason
+from cachewire.hub.brokers.redis import RedisBroker
+from cachewire.hub.brokers.redis_reader import (
     StreamReader,
     entry_seq,
     seq_baseline,
     skipped_between,
     stream_id_before,
 )
-from hub.core import Fanout
-from hub.events import Event
-from hub.settings import HubSettings
+from cachewire.hub.core import Fanout
+from cachewire.hub.events import Event
+from cachewire.hub.settings import HubSettings
 from tests.unit.hub.fakes import FakeSink
 
 Entry = tuple[str, dict[str, str]]

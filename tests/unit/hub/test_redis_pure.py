@@ -7,12 +7,17 @@ from typing import Any
 
 import pytest
 
-from hub.brokers.redis import entry_fields, lost_after
-from hub.brokers.redis_link import SentinelUrl, check_url, next_delay
-from hub.brokers.redis_reader import event_from_entry, parse_event_id, parse_stream_id, stream_id
-from hub.errors import InvalidInput, TooLarge
-from hub.events import Draft
-from hub.ingest import draft_from_message
+from cachewire.hub.brokers.redis import entry_fields, lost_after
+from cachewire.hub.brokers.redis_link import SentinelUrl, check_url, next_delay
+from cachewire.hub.brokers.redis_reader import (
+    event_from_entry,
+    parse_event_id,
+    parse_stream_id,
+    stream_id,
+)
+from cachewire.hub.errors import InvalidInput, TooLarge
+from cachewire.hub.events import Draft
+from cachewire.hub.ingest import draft_from_message
 
 # --- ids ---
 

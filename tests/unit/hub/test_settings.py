@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from hub.__main__ import main
-from hub.errors import ConfigError
-from hub.settings import OPTIONS, HubSettings, parse, settings_table
+from cachewire.hub.__main__ import main
+from cachewire.hub.errors import ConfigError
+from cachewire.hub.settings import OPTIONS, HubSettings, parse, settings_table
 
 
 def test_defaults_are_the_documented_ones() -> None:

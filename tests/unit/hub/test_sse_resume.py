@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from hub.server import Hub
+from cachewire.hub.server import Hub
 from tests.sse_wire import SseClient, parse_frame
 from tests.unit.hub.sse_helpers import HubFactory, publish, received_until, start, subscribe
 

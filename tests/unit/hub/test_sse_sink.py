@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from hub.events import Draft, Event
-from hub.sse import HEARTBEAT, TRANSPORT_LIMIT, Flusher, SseSink
+from cachewire.hub.events import Draft, Event
+from cachewire.hub.sse import HEARTBEAT, TRANSPORT_LIMIT, Flusher, SseSink
 from tests.servers import wait_until
 from tests.unit.hub.fakes import FakeRequest, FakeTransport
 

@@ -8,7 +8,7 @@ import re
 
 import aiohttp
 
-from hub.server import Hub
+from cachewire.hub.server import Hub
 from tests.servers import wait_until
 from tests.sse_wire import SseClient, StreamEnded, parse_frame
 from tests.unit.hub.sse_helpers import (

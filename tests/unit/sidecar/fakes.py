@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from sidecar.sinks.base import Invalidation, SinkError
+from cachewire.sidecar.sinks.base import Invalidation, SinkError
 
 
 class MemorySink:

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from sidecar.applier import Applier
-from sidecar.errors import InvalidInput
-from sidecar.positions import Epochs, min_id, parse_id
-from sidecar.rules import Rules, parse_rules
-from sidecar.sinks.base import Invalidation
-from sidecar.state import Slot, Staleness, batch_due_in
-from sidecar.stream import next_delay
+from cachewire.sidecar.applier import Applier
+from cachewire.sidecar.errors import InvalidInput
+from cachewire.sidecar.positions import Epochs, min_id, parse_id
+from cachewire.sidecar.rules import Rules, parse_rules
+from cachewire.sidecar.sinks.base import Invalidation
+from cachewire.sidecar.state import Slot, Staleness, batch_due_in
+from cachewire.sidecar.stream import next_delay
 from tests.unit.sidecar.fakes import MemorySink
 
 WAIT = 10.0

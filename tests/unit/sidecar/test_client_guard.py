@@ -13,9 +13,9 @@ from typing import Any
 import cachetools
 import pytest
 
-from sidecar._backoff import next_delay
-from sidecar.client import matches, parse_topics
-from sidecar.guard import CacheGuard
+from cachewire.sidecar._backoff import next_delay
+from cachewire.sidecar.client import matches, parse_topics
+from cachewire.sidecar.guard import CacheGuard
 
 WAIT = 10.0  # generous bound for barriers; never reached when the test passes
 
@@ -268,8 +268,9 @@ def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
 
 
 def test_sidecar_client_re_exports_the_guard() -> None:
-    """Apps that import CacheGuard from sidecar.client get the class of sidecar.guard."""
-    import sidecar.client
+    """Apps that import CacheGuard from cachewire.sidecar.client get the class of sidecar.guard."""
 
-    assert sidecar.client.CacheGuard is CacheGuard
-    assert {"CacheGuard", "Invalidator", "matches", "parse_topics"} <= set(sidecar.client.__all__)
+    from cachewire.sidecar import client
+
+    assert client.CacheGuard is CacheGuard
+    assert {"CacheGuard", "Invalidator", "matches", "parse_topics"} <= set(client.__all__)

@@ -16,9 +16,9 @@ from typing import Any
 import cachetools
 import pytest
 
-from sidecar.client import Invalidator
-from sidecar.sinks.base import Invalidation
-from sidecar.sinks.local import RelaySink
+from cachewire.sidecar.client import Invalidator
+from cachewire.sidecar.sinks.base import Invalidation
+from cachewire.sidecar.sinks.local import RelaySink
 from tests.servers import ROOT, free_port
 
 WAIT = 10.0
@@ -266,7 +266,7 @@ async def test_an_unreachable_target_keeps_retrying_without_storing(unreachable:
 
 
 def test_the_client_and_the_relay_never_import_the_hub() -> None:
-    """App processes import sidecar.client alone: no hub code comes with it."""
+    """App processes import cachewire.sidecar.client alone: no hub code comes with it."""
     code = (
         "import sys, sidecar.client, sidecar.sinks.local\n"
         "bad = sorted(m for m in sys.modules if m == 'hub' or m.startswith('hub.'))\n"

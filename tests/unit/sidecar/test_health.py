@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from sidecar.server import Sidecar
-from sidecar.settings import SidecarSettings
-from sidecar.sinks.base import Invalidation
-from sidecar.state import Slot
+from cachewire.sidecar.server import Sidecar
+from cachewire.sidecar.settings import SidecarSettings
+from cachewire.sidecar.sinks.base import Invalidation
+from cachewire.sidecar.state import Slot
 from tests.servers import free_port
 from tests.unit.sidecar.fakes import MemorySink
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import grpc
 import pytest
-from cachewire.v1 import hub_pb2, hub_pb2_grpc
 
-from sidecar.sinks.base import Invalidation, SinkError
-from sidecar.sinks.local import BATCH_BYTES, RelaySink, batches, to_event
+from cachewire.sidecar.sinks.base import Invalidation, SinkError
+from cachewire.sidecar.sinks.local import BATCH_BYTES, RelaySink, batches, to_event
+from cachewire.v1 import hub_pb2, hub_pb2_grpc
 
 WAIT = 10.0
 Relay = Callable[..., Awaitable[RelaySink]]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.errors import ConfigError
-from sidecar.rules import Rules, make_rule, parse_rules
-from sidecar.sinks.base import Invalidation
+from cachewire.sidecar.errors import ConfigError
+from cachewire.sidecar.rules import Rules, make_rule, parse_rules
+from cachewire.sidecar.sinks.base import Invalidation
 
 
 def rules(*tables: dict[str, object]) -> Rules:

@@ -7,10 +7,10 @@ import socket
 
 import pytest
 
-from sidecar.rules import parse_rules
-from sidecar.server import Sidecar, make_slots
-from sidecar.settings import SidecarSettings
-from sidecar.state import Slot
+from cachewire.sidecar.rules import parse_rules
+from cachewire.sidecar.server import Sidecar, make_slots
+from cachewire.sidecar.settings import SidecarSettings
+from cachewire.sidecar.state import Slot
 from tests.servers import free_port
 from tests.unit.sidecar.fakes import MemorySink
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.errors import ConfigError
-from sidecar.settings import OPTIONS, SidecarSettings, parse, settings_table
+from cachewire.sidecar.errors import ConfigError
+from cachewire.sidecar.settings import OPTIONS, SidecarSettings, parse, settings_table
 
 BASE = ["--topics", "user", "--memcached", "127.0.0.1:11211"]
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import random
 
-from sidecar.metrics import Metrics
-from sidecar.positions import parse_id
-from sidecar.sinks.base import Invalidation
-from sidecar.state import Item, Notifier, Slot
-from sidecar.worker import Worker
+from cachewire.sidecar.metrics import Metrics
+from cachewire.sidecar.positions import parse_id
+from cachewire.sidecar.sinks.base import Invalidation
+from cachewire.sidecar.state import Item, Notifier, Slot
+from cachewire.sidecar.worker import Worker
 from tests.unit.sidecar.fakes import MemorySink
 
 NOW = 1000.0

@@ -36,7 +36,7 @@ from prometheus_client.exposition import choose_encoder
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
-log = logging.getLogger("cachewire.telemetry")
+log = logging.getLogger("cachewire.common.telemetry")
 
 # OpenTelemetry messaging semantic conventions (messaging-spans.md), and cachewire's own.
 ATTR_SYSTEM = "messaging.system"

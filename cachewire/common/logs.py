@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-from cachewire.telemetry import log_fields
+from cachewire.common.telemetry import log_fields
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 

@@ -1,19 +1,21 @@
-"""A Plasma-style publisher that POSTs events to the hub's HTTP publish API.
+"""`cachewire publish`: publish events to a hub over its HTTP API and print their ids.
 
 One event from flags::
 
-    python examples/publisher.py --type user:42 --keys user:42,user:42:profile
-    python examples/publisher.py --type program:1234:views --data '{"views": 1}'
-    python examples/publisher.py --type catalog --prefixes product: --flush
+    cachewire publish --type user:42 --keys user:42,user:42:profile
+    cachewire publish --type program:1234:views --data '{"views": 1}'
+    cachewire publish --type catalog --prefixes product: --flush
 
 A counter every second, like Plasma's demo publisher (`--count 0`: until Ctrl-C)::
 
-    python examples/publisher.py --type program:1234:views --every 1 --count 10
+    cachewire publish --type program:1234:views --every 1 --count 10
 
-Plasma's own messages, one JSON envelope a line on stdin, exactly what a Plasma publisher
-sends to its Redis channel (`{"meta": {"type": ...}, "data": ...}`)::
+NDJSON on stdin, one event a line: either the hub's own event object
+(`{"type": ..., "keys": [...]}`) or Plasma's envelope, exactly what a Plasma publisher sends
+to its Redis channel (`{"meta": {"type": ...}, "data": ...}`)::
 
-    echo '{"meta":{"type":"program:1234:poll"},"data":{"yes":3}}' | python examples/publisher.py
+    echo '{"type":"user:42","keys":["user:42"]}' | cachewire publish
+    echo '{"meta":{"type":"program:1234:poll"},"data":{"yes":3}}' | cachewire publish
 
 Each published event's id is printed. A publish is acknowledged once the event is in the
 hub's history. A refused event prints the hub's error and exits 1; an unreachable hub, 2.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -80,16 +83,19 @@ def from_flags(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
         yield event
 
 
-def from_plasma_lines(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
-    """Plasma's envelope {"meta":{"type":...},"data":...} → the hub's publish body."""
+def from_lines(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """NDJSON → the hub's publish body: an event object as is, Plasma's envelope converted."""
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
+        shape = '{"type":...} or {"meta":{"type":...},"data":...}'
         try:
             message = json.loads(line)
+            if isinstance(message, dict) and "meta" not in message and "type" in message:
+                yield message  # the hub validates it
+                continue
             event: dict[str, Any] = {"type": message["meta"]["type"], "data": message.get("data")}
         except (ValueError, KeyError, TypeError):
-            shape = '{"meta":{"type":...},"data":...}'
             raise PublishError(f"line {number}: not {shape}", 1) from None
         for extra in ("keys", "prefixes", "flush"):  # cachewire's additions to meta
             if extra in message["meta"]:
@@ -97,11 +103,16 @@ def from_plasma_lines(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
         yield event
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str], prog: str = "cachewire publish") -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Publish events to a cachewire hub over HTTP (stdin: Plasma JSON lines)."
+        prog=prog,
+        description="Publish events to a cachewire hub over HTTP (no --type: NDJSON on stdin).",
     )
-    parser.add_argument("--hub-url", default="http://127.0.0.1:8080", help="the hub's HTTP URL")
+    parser.add_argument(
+        "--hub-url",
+        default=os.environ.get("CACHEWIRE_HUB_URL", "http://127.0.0.1:8080"),
+        help="the hub's HTTP URL [env: CACHEWIRE_HUB_URL]",
+    )
     parser.add_argument("--type", help="the event type (topic), e.g. user:42")
     parser.add_argument("--data", help="JSON data, e.g. '{\"views\": 1}'")
     parser.add_argument("--keys", help="comma list of cache keys to invalidate")
@@ -120,20 +131,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    events = from_flags(args) if args.type else from_plasma_lines(iter(sys.stdin))
+def main(argv: Sequence[str] | None = None, prog: str = "cachewire publish") -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv, prog)
+    events = from_flags(args) if args.type else from_lines(iter(sys.stdin))
     try:
         for event in events:
             for event_id in publish(args.hub_url, [event]):
                 print(event_id, flush=True)
     except PublishError as exc:
-        print(f"publisher: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 0
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
