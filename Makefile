@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := redis-server memcached chromium
 
 .PHONY: install system-deps run readme proto proto-check lint format typecheck pytest test check \
-	bench lock lock-check check-latest dist
+	bench lock lock-upgrade lock-check check-latest dist
 
 system-deps:  ## Debian packages the tests use: redis-server, memcached, chromium
 	@if ! command -v redis-server >/dev/null || ! command -v memcached >/dev/null \
@@ -23,8 +23,13 @@ install: $(PY) lock-check  ## exactly the locked packages, then cachewire itself
 lock-check:  ## fail when pyproject.toml's dependencies changed and the locks did not
 	python3 scripts/lock.py --check
 
-lock: $(PY)  ## regenerate requirements/*.lock from pyproject.toml (newest allowed versions)
+$(BIN)/uv: | $(PY)
 	$(PY) -m pip install -q uv
+
+lock: $(BIN)/uv  ## regenerate requirements/*.lock after a change to pyproject.toml (keeps other pins)
+	$(PY) scripts/lock.py
+
+lock-upgrade: $(BIN)/uv  ## regenerate requirements/*.lock with the newest allowed versions
 	$(PY) scripts/lock.py --upgrade
 
 check-latest:  ## nightly-style: the newest allowed versions instead of the lock, then the tests
