@@ -163,10 +163,13 @@ def start_hub(
     http_port: int | None = None,
     grpc_port: int | None = None,
     probe: str = "/readyz",
+    exe: Path = BIN / "cachewire",
 ) -> Proc:
-    """`cachewire hub` as a user runs it, on free ports; returns once `probe` answers 200."""
+    """`cachewire hub` as a user runs it, on free ports; returns once `probe` answers 200.
+
+    `exe` is the `cachewire` command to run (another install's, for the wheel test)."""
     http_port = http_port or free_port()
-    argv = [str(BIN / "cachewire"), "hub", "--http-port", str(http_port)]
+    argv = [str(exe), "hub", "--http-port", str(http_port)]
     ports = {"http": http_port}
     if grpc:
         grpc_port = grpc_port or free_port()
