@@ -22,7 +22,7 @@ HUB = "cachewire-hub.cachewire.svc:50051"
 CONFIG = InjectConfig(image="cachewire:test", hub=HUB, topics="user")
 STAMP = "@version@"  # the golden files do not change with each release
 CONFIG_ARGS = ["--sidecar-image", "cachewire:test", "--hub", CONFIG.hub, "--topics", "user"]
-KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.utils.latest_version() + ".0")
+KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.utils.latest_version())
 
 
 def pod(name: str) -> dict[str, Any]:
