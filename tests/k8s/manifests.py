@@ -28,7 +28,8 @@ check = _check_module()
 
 
 def kubectl() -> str:
-    found = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
+    venv = str(Path(sys.executable).parent)
+    found = shutil.which("kubectl") or shutil.which("kubectl", path=venv)
     if found is None:
         pytest.skip("no kubectl on PATH: `make k8s-check` installs one (requirements/kubectl.txt)")
     return found

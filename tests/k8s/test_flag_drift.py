@@ -57,7 +57,8 @@ def cachewire_containers() -> Iterator[tuple[str, str, dict[str, Any], list[dict
             for container in containers(doc):
                 args = container.get("args") or []
                 if "cachewire" in container.get("image", "") and args:
-                    yield f"{name} {doc['kind']}/{doc['metadata']['name']}", args[0], container, docs
+                    where = f"{name} {doc['kind']}/{doc['metadata']['name']}"
+                    yield where, args[0], container, docs
     for case in golden.NAMES:
         pod = inject(golden.pod(case), golden.CONFIG)
         for container in containers({"kind": "Pod", **pod}):

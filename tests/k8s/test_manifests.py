@@ -79,9 +79,7 @@ def test_redis_url_comes_from_a_secret(name: str) -> None:
 
 def test_dev_redis_requires_a_password_from_the_secret() -> None:
     docs = rendered("overlays/dev")
-    (redis,) = find(docs, "Deployment", "cachewire-redis")["spec"]["template"]["spec"][
-        "containers"
-    ]
+    (redis,) = find(docs, "Deployment", "cachewire-redis")["spec"]["template"]["spec"]["containers"]
     assert redis["args"][:2] == ["--requirepass", "$(REDIS_PASSWORD)"]
     (env,) = redis["env"]
     assert env["valueFrom"]["secretKeyRef"] == {"name": "cachewire-redis", "key": "password"}
