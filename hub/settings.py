@@ -49,7 +49,7 @@ class HubSettings:
     grace: float = 5.0
     broker: BrokerKind = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_stream: str = "cachewire:events"
+    redis_stream: str = "{cachewire}:events"
     redis_channels: tuple[str, ...] = ()
     ingest_lease: float = 5.0
     log_level: LogLevel = "info"
@@ -181,7 +181,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "redis_stream",
         "--redis-stream",
-        "Redis stream key holding the event history",
+        "Redis stream key holding the event history (its {hash tag} names the Cluster slot)",
         ("CACHEWIRE_REDIS_STREAM",),
     ),
     Option(
@@ -251,7 +251,22 @@ def parse(
             raw = None if plasma is None else ("PLASMA_SUBSCRIBER_REDIS_ADDR", plasma)
         if raw is not None:
             values[opt.field] = convert(opt.convert, raw, ConfigError)
-    return cls(**values)
+    settings = cls(**values)
+    _check_cluster(settings)
+    return settings
+
+
+def _check_cluster(s: HubSettings) -> None:
+    """On Redis Cluster the broker's keys must share a slot: a hash tag in the stream name."""
+    if not s.redis_url.startswith(("redis+cluster://", "rediss+cluster://")):
+        return
+    from cachewire.hub.brokers.redis_link import has_hash_tag  # redis-py only when needed
+
+    if not has_hash_tag(s.redis_stream):
+        raise ConfigError(
+            f"--redis-stream {s.redis_stream!r}: on Redis Cluster the stream name needs a hash "
+            "tag, e.g. {cachewire}:events, so that every key of the broker shares one slot"
+        )
 
 
 def settings_table() -> str:

@@ -246,7 +246,7 @@ class ClockFile:
         return {
             "LD_PRELOAD": str(FAKETIME_LIB),
             "FAKETIME_TIMESTAMP_FILE": str(self.path),
-            "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_CACHE_DURATION": "1",  # re-read the file every second, not every call
             "FAKETIME_DONT_FAKE_MONOTONIC": "1",
         }
 

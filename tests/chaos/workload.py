@@ -84,6 +84,28 @@ class Writer(threading.Thread):
             self.checker.publications.append(pub)
             return pub
 
+    def burst(self, keys: Sequence[str]) -> None:
+        """Write every key, then publish all their invalidations in one HTTP request."""
+        written = [(key, *self.checker.db.write(key)) for key in keys]
+        events = [{"type": k, "keys": [k], "data": v} for k, v, _ in written]
+        while True:
+            sent_at = now()
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{self.http()[self._turn % len(self.http())]}/v1/publish",
+                data=json.dumps(events).encode(),
+                headers={"Content-Type": "application/json"},
+                method="POST",
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10) as resp:
+                    ids = json.load(resp)["ids"]
+                break
+            except OSError:
+                self._turn += 1
+        for (key, version, written_at), event_id in zip(written, ids, strict=True):
+            pub = Publication(key, version, written_at, sent_at, event_id, 1, "http-burst")
+            self.checker.publications.append(pub)
+
     def _publish(self, event: dict[str, object]) -> str:
         if self.via == "grpc":
             ports = self.grpc_ports()
