@@ -16,6 +16,7 @@ from cachewire.sidecar.applier import Applier
 from cachewire.sidecar.errors import ConfigError
 from cachewire.sidecar.health import HealthServer
 from cachewire.sidecar.metrics import Metrics
+from cachewire.sidecar.probe import make_prober
 from cachewire.sidecar.rules import Rules
 from cachewire.sidecar.settings import SidecarSettings
 from cachewire.sidecar.sinks.base import Sink
@@ -80,9 +81,12 @@ class Sidecar:
             backoff_base=s.backoff_base,
             backoff_cap=s.backoff_cap,
         )
+        # --probe-interval: canaries through this sidecar's own pipeline, on a topic of its own
+        self.prober = make_prober(s, self.metrics.registry, self.applier.wait_caught_up)
+        probe_topics = (self.prober.topic,) if self.prober is not None else ()
         self.stream = StreamClient(
             s.hub,
-            s.topics,
+            s.topics + probe_topics,
             self.applier,
             backoff_base=s.backoff_base,
             backoff_cap=s.backoff_cap,
@@ -129,6 +133,8 @@ class Sidecar:
             self.applier.restore(restored)
             self.state.start(restored)
         self.stream.start()
+        if self.prober is not None:  # 5. The prober: its first canary once caught up.
+            self.prober.start()
         log.info(
             "sidecar started",
             extra={
@@ -160,7 +166,9 @@ class Sidecar:
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.grace if grace is None else grace
         log.info("sidecar stopping", extra={"grace": grace})
-        # 1. No new events: end the hub stream.
+        # 1. No more canaries; no new events: end the hub stream.
+        if self.prober is not None:
+            await self.prober.stop()
         await self.stream.stop()
         # 2. Apply what is pending within the grace period; a batch in flight completes.
         await self.applier.stop(grace)

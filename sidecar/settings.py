@@ -63,6 +63,7 @@ class SidecarSettings:
     grace: float = 5.0
     state_file: str = ""
     state_interval: float = 200.0  # milliseconds
+    probe_interval: float | None = None  # seconds; None: no prober
     log_level: LogLevel = "info"
     rules: tuple[Rule, ...] = ()
 
@@ -109,6 +110,12 @@ def _interval_ms(text: str) -> float:
     if not 1 <= value <= 60_000:
         raise ValueError("must be 1..60000 milliseconds")
     return value
+
+
+def _optional_seconds(text: str) -> float | None:
+    if text.lower() in ("", "off", "0"):
+        return None
+    return seconds(text)
 
 
 def _bool(text: str) -> bool:
@@ -229,6 +236,12 @@ OPTIONS: tuple[Option, ...] = (
         _interval_ms,
     ),
     Option(
+        "probe_interval",
+        "--probe-interval",
+        "seconds between canary probes of the guarded memcached/Redis (off: no prober)",
+        _optional_seconds,
+    ),
+    Option(
         "log_level",
         "--log-level",
         "debug, info, warning or error",
@@ -345,6 +358,8 @@ def check(s: SidecarSettings) -> None:
         raise ConfigError(
             "no cache to guard: give --memcached, --redis-url, --webhook or --relay-port"
         )
+    if s.probe_interval is not None and not (s.memcached or s.redis_url):
+        raise ConfigError("--probe-interval needs a cache to probe: --memcached or --redis-url")
     if s.backoff_base > s.backoff_cap:
         raise ConfigError(
             f"--backoff-base ({s.backoff_base}) is larger than --backoff-cap ({s.backoff_cap})"
