@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := redis-server memcached chromium libfaketime
 
 .PHONY: install system-deps run readme proto proto-check lint format typecheck pytest test check \
-	bench lock lock-upgrade lock-check check-latest dist chaos
+	bench lock lock-upgrade lock-check check-latest dist chaos soak
 
 system-deps:  ## Debian packages the tests use: redis-server, memcached, chromium, libfaketime
 	@if ! command -v redis-server >/dev/null || ! command -v memcached >/dev/null \
@@ -71,6 +71,11 @@ pytest:
 CHAOS_REPORT ?= build/chaos-figures.md
 chaos: system-deps install  ## every fault scenario, longer; prints the figures table (and writes $(CHAOS_REPORT))
 	mkdir -p build && CACHEWIRE_CHAOS=full CACHEWIRE_CHAOS_REPORT=$(CHAOS_REPORT) $(BIN)/pytest tests/chaos -q
+
+DURATION ?= 600
+soak: system-deps install  ## steady load for DURATION seconds: fails on RSS/fd growth or a violation
+	mkdir -p build && CACHEWIRE_SOAK_DURATION=$(DURATION) CACHEWIRE_CHAOS_REPORT=build/soak.md \
+	  $(BIN)/pytest tests/chaos/test_soak.py -q
 
 test: system-deps install pytest  ## install what the tests need, then run them
 

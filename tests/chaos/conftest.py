@@ -13,6 +13,7 @@ from tests.chaos.checker import Figures, table
 from tests.chaos.harness import Deployment, Options
 
 ROWS: list[Figures] = []
+SOAK_LINES: list[str] = []
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ def record(fig: Figures) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not ROWS:
         return
-    text = table(ROWS)
+    text = "\n".join([table(ROWS), "", *SOAK_LINES]).rstrip()
     terminalreporter.write_sep("=", "chaos figures (latency: publish → gone from the cache)")
     terminalreporter.write_line(text)
     if path := os.environ.get("CACHEWIRE_CHAOS_REPORT"):

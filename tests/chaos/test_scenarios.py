@@ -152,7 +152,7 @@ def test_slow_consumer(deployment: Make) -> None:
     def fault(d: Deployment) -> None:
         d.checker.fault("stall sidecar0's link + burst")
         d.nodes[0].link.stall()
-        for _ in range(10):
+        for _ in range(4):
             d.writers[0].burst([f"user:{i % 60}" for i in range(500)])
         d.nodes[0].link.heal()
 
