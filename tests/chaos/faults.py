@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -254,6 +253,3 @@ class ClockFile:
         self.offset += seconds
         self.path.write_text(f"{self.offset:+d}\n")
 
-
-def have(exe: str) -> bool:
-    return shutil.which(exe) is not None

@@ -27,7 +27,14 @@ from typing import Literal
 from cachewire.sidecar.client import Invalidator
 from tests.chaos.checker import Checker, Figures, MemcachedTap, RecordingCache
 from tests.chaos.faults import ClockFile, LoopThread, Service, TcpProxy
-from tests.chaos.workload import AppReader, MemcachedReader, Via, Writer
+from tests.chaos.workload import (
+    AppReader,
+    MemcachedReader,
+    RedisMonitor,
+    RedisReader,
+    Via,
+    Writer,
+)
 from tests.e2e.test_sidecar import get
 from tests.servers import (
     Proc,
@@ -62,6 +69,7 @@ class Options:
     hub_args: tuple[str, ...] = ()
     sidecar_args: tuple[str, ...] = ()
     redis_url: Callable[[Deployment], str] | None = None  # default: the deployment's redis
+    redis_cache: bool = True  # sidecar0 also guards a Redis of its own
 
 
 class Node:
@@ -73,6 +81,7 @@ class Node:
         self.link = link  # sidecar → hubs
         self.relay_port = relay_port
         self.mc_proxy: TcpProxy | None = None  # sidecar → memcached, set once memcached runs
+        self.redis_cache: Service | None = None  # a guarded Redis (node 0)
         self.sidecar = Service(f"sidecar{index}", self._no_start)
         self.app: Invalidator | None = None
 
@@ -97,7 +106,8 @@ class Deployment:
     hubs: list[Service] = field(default_factory=list)
     nodes: list[Node] = field(default_factory=list)
     proxies: list[TcpProxy] = field(default_factory=list)
-    readers: list[MemcachedReader | AppReader] = field(default_factory=list)
+    readers: list[MemcachedReader | AppReader | RedisReader] = field(default_factory=list)
+    monitors: list[RedisMonitor] = field(default_factory=list)
     writers: list[Writer] = field(default_factory=list)
     extra: list[Service] = field(default_factory=list)
 
@@ -116,6 +126,11 @@ class Deployment:
         list(pool.map(Service.up, self.hubs))
         self.nodes = [self._node(i) for i in range(o.sidecars)]
         list(pool.map(lambda n: n.memcached.up(), self.nodes))
+        if o.redis_cache:
+            cache_port = free_port()
+            self.nodes[0].redis_cache = Service(
+                "redis-cache0", lambda: start_redis(cache_port)
+            ).up()
         for node in self.nodes:
             tap_log = self.checker.cache(f"memcached{node.index}")
             node.mc_proxy = self._proxy(
@@ -172,6 +187,8 @@ class Deployment:
             args = ["--hub", f"127.0.0.1:{link.port}", "--topics", "user"]
             args += ["--memcached", f"127.0.0.1:{node.mc_proxy.port}", "--relay-port", str(relay)]
             args += ["--max-staleness", str(o.max_staleness), "--batch-delay", "1"]
+            if node.redis_cache is not None:
+                args += ["--redis-url", f"redis://127.0.0.1:{node.redis_cache.port}/0"]
             if o.state_file:
                 args += ["--state-file", str(self.tmp / f"sidecar{i}.state")]
             return start_sidecar(*args, *o.sidecar_args, topics=None, env=env)
@@ -205,11 +222,16 @@ class Deployment:
                 )
             )
             self.readers.append(AppReader(self.checker, f"app{node.index}", node.app))
+            if node.redis_cache is not None:
+                name = f"redis{node.index}"
+                port = node.redis_cache.port
+                self.monitors.append(RedisMonitor(self.checker.cache(name), port))
+                self.readers.append(RedisReader(self.checker, name, port))
         self.writers = [
             Writer(self.checker, via, self.http_ports, self.grpc_ports) for via in self.opts.writers
         ]
         self.checker.started_at = time.monotonic()
-        for thread in [*self.readers, *self.writers]:
+        for thread in [*self.monitors, *self.readers, *self.writers]:
             thread.start()
 
     def run(self, name: str, fault: Callable[[Deployment], None], *, warm: float = 1.0) -> Figures:
@@ -229,6 +251,8 @@ class Deployment:
             reader.stopping.set()
         for reader in self.readers:
             reader.join(WAIT)
+        for monitor in self.monitors:
+            monitor.close()
         downtime = max((d for n in self.nodes for d in n.sidecar.downtime), default=0.0)
         return self.checker.verdict(name, self.opts.max_staleness + SLACK + downtime)
 
@@ -262,6 +286,8 @@ class Deployment:
     def close(self) -> None:
         for thread in [*self.writers, *self.readers]:
             thread.stopping.set()
+        for monitor in self.monitors:
+            monitor.close()
         for node in self.nodes:
             if node.app is not None:
                 node.app.stop()
@@ -270,6 +296,8 @@ class Deployment:
                 node.sidecar.proc.stop()
             if node.memcached.proc:
                 node.memcached.proc.stop()
+            if node.redis_cache is not None and node.redis_cache.proc:
+                node.redis_cache.proc.stop()
         for service in [*self.hubs, *self.extra]:
             if service.proc:
                 service.proc.stop()

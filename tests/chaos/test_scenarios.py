@@ -9,12 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.chaos.checker import now
 from tests.chaos.conftest import record
 from tests.chaos.faults import ClockFile, TcpProxy
 from tests.chaos.harness import FULL, Deployment, Options, duration
+from tests.e2e.test_redis_sentinel import SERVICE, start_sentinel
 from tests.e2e.test_sidecar import metric
+from tests.servers import Proc, start_redis, wait_for
 
 full_only = pytest.mark.skipif(not FULL, reason="make chaos (CACHEWIRE_CHAOS=full) runs this")
 pytestmark = pytest.mark.timeout(300)
@@ -95,6 +98,44 @@ def test_redis_restart(deployment: Make, aof: bool) -> None:
     record(dep.run(f"redis restart ({'AOF' if aof else 'no AOF'})", fault))
     if aof:
         assert sidecar_flushes(dep, "reset") == 0
+
+
+@full_only
+def test_sentinel_failover(deployment: Make, procs: list[Proc], tmp_path: Path) -> None:
+    """The broker's Redis master is killed; Sentinel promotes the replica and the hubs
+    follow it. Publishes the old master acknowledged but had not replicated are lost: the
+    hubs see the stream's sequence go back and reset their subscribers (a flush)."""
+    dirs = [tmp_path / name for name in ("master", "replica", "sentinel")]
+    for path in dirs:
+        path.mkdir()
+    master = start_redis(extra=["--dir", str(dirs[0])])
+    replica = start_redis(
+        extra=["--dir", str(dirs[1]), "--replicaof", "127.0.0.1", str(master.port)]
+    )
+    sentinel = start_sentinel(dirs[2], master.port)
+    procs.extend([master, replica, sentinel])
+    url = f"redis+sentinel://127.0.0.1:{sentinel.port}/{SERVICE}/0"
+    dep = deployment(Options(redis_url=lambda d: url))
+    admin = redis.Redis(port=sentinel.port, decode_responses=True)
+
+    def replica_in_sync() -> bool:
+        replicas = admin.execute_command("SENTINEL", "REPLICAS", SERVICE)
+        return any(r.get("master-link-status") == "ok" for r in replicas)
+
+    def promoted() -> bool:
+        _, port = admin.sentinel_get_master_addr_by_name(SERVICE)
+        return int(port) == replica.port
+
+    def fault(d: Deployment) -> None:
+        wait_for(replica_in_sync, timeout=30, what="the sentinel to know a synced replica")
+        d.checker.fault("kill -9 the redis master")
+        master.kill()
+        wait_for(promoted, timeout=60, what="the sentinel to promote the replica")
+
+    try:
+        record(dep.run("sentinel failover (kill -9 master)", fault))
+    finally:
+        admin.close()
 
 
 # --- links ---

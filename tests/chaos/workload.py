@@ -23,11 +23,12 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 import grpc
+import redis
 from pymemcache.client.base import Client
 
 from cachewire.sidecar.client import Invalidator
 from cachewire.v1 import hub_pb2, hub_pb2_grpc
-from tests.chaos.checker import Checker, Publication, now
+from tests.chaos.checker import CacheLog, Checker, Publication, now
 from tests.servers import BIN
 
 Via = Literal["http", "grpc", "cli"]
@@ -232,3 +233,78 @@ class AppReader(threading.Thread):
                 self.hits += 1
                 self.checker.read(self.cache_name, key, value, read_at)
             time.sleep(0.002)
+
+
+# Store the value only if the placeholder this fill set is still there (a delete voids it).
+FILL_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return false
+"""
+
+
+class RedisReader(threading.Thread):
+    """Reads random keys from a guarded Redis; a miss fills with a placeholder token
+    (`SET NX`) and a compare-and-set script, so a delete in between voids the fill."""
+
+    def __init__(self, checker: Checker, name: str, port: int) -> None:
+        super().__init__(daemon=True, name=f"reader-{name}")
+        self.checker, self.cache_name, self.port = checker, name, port
+        self.stopping = threading.Event()
+        self.hits = self.fills = self.errors = 0
+        self.rng = random.Random()
+
+    def run(self) -> None:
+        client = redis.Redis(port=self.port, socket_timeout=2)
+        fill = client.register_script(FILL_LUA)
+        while not self.stopping.is_set():
+            key = self.rng.choice(KEYS)
+            try:
+                read_at = now()
+                value = client.get(key)
+                if value is not None and not value.startswith(FILLING):
+                    self.hits += 1
+                    self.checker.read(self.cache_name, key, int(value), read_at)
+                elif value is None:
+                    token = FILLING + str(self.rng.random()).encode()
+                    if client.set(key, token, nx=True, px=5000):
+                        fresh = self.checker.db.read(key)
+                        if fill(keys=[key], args=[token, str(fresh), 60_000]):
+                            self.fills += 1
+            except redis.RedisError:
+                self.errors += 1
+                time.sleep(0.05)
+            time.sleep(0.002)
+        client.close()
+
+
+class RedisMonitor(threading.Thread):
+    """Records the sidecar's UNLINK/DEL and FLUSHDB on a guarded Redis (MONITOR), at the
+    moment they are seen: at or after Redis ran them, so latencies err on the long side."""
+
+    def __init__(self, log: CacheLog, port: int) -> None:
+        super().__init__(daemon=True, name=f"monitor-{log.name}")
+        self.log = log
+        self.client = redis.Redis(port=port, decode_responses=True)
+        self.monitor = self.client.monitor()
+        self.monitor.__enter__()  # MONITOR is on once this returns
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        with contextlib.suppress(redis.RedisError, OSError, ValueError, AttributeError):
+            while not self.stopping.is_set():
+                command = self.monitor.next_command()["command"].split(" ")
+                verb = command[0].upper()
+                if verb in ("UNLINK", "DEL"):
+                    for key in command[1:]:
+                        self.log.deleted(key.strip('"'))
+                elif verb in ("FLUSHDB", "FLUSHALL"):
+                    self.log.flushed(verb.lower())
+
+    def close(self) -> None:
+        self.stopping.set()
+        with contextlib.suppress(redis.RedisError, OSError):
+            self.monitor.connection.disconnect()  # ends next_command() in the thread
+        self.join(10)
+        self.client.close()
