@@ -53,7 +53,8 @@ class FaultyProxy:
 
     async def _forward(self, request: web.Request) -> web.Response:
         assert self._session is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        skip = ("host", "content-length")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in skip}
         async with self._session.post(
             self.target, data=await request.read(), headers=headers
         ) as resp:
@@ -121,5 +122,3 @@ class FaultyGrpcHub:
     @property
     def url(self) -> str:
         return f"grpc://127.0.0.1:{self.port}"
-
-
