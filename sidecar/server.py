@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from cachewire.sidecar.applier import Applier
@@ -19,6 +20,8 @@ from cachewire.sidecar.rules import Rules
 from cachewire.sidecar.settings import SidecarSettings
 from cachewire.sidecar.sinks.base import Sink
 from cachewire.sidecar.state import Slot
+from cachewire.sidecar.statefile import StateWriter
+from cachewire.sidecar.statefile import load as load_state
 from cachewire.sidecar.stream import StreamClient
 
 log = logging.getLogger("cachewire.sidecar")
@@ -88,6 +91,15 @@ class Sidecar:
         )
         self.health = HealthServer(self)
         self.health_port = 0
+        self.state: StateWriter | None = None
+        if s.state_file:
+            self.state = StateWriter(
+                Path(s.state_file),
+                self.applier.applied_id,
+                topics=s.topics,
+                sinks=[x.name for x in self.slots],
+                interval=s.state_interval / 1000,
+            )
         self._started: list[Slot] = []
 
     @property
@@ -109,7 +121,13 @@ class Sidecar:
         self.applier.start()
         # 3. The health port, so probes and the barrier answer from now on.
         self.health_port = await self.health.start(s.health_host, s.health_port)
-        # 4. The hub stream: the first subscription flushes (what was missed is unknown).
+        # 4. The hub stream: the first subscription flushes (what was missed is unknown),
+        #    unless --state-file holds the position applied before a restart.
+        if self.state is not None:
+            self.state.check_writable()
+            restored = load_state(self.state.path, self.state.topics, self.state.sinks)
+            self.applier.restore(restored)
+            self.state.start(restored)
         self.stream.start()
         log.info(
             "sidecar started",
@@ -146,6 +164,8 @@ class Sidecar:
         await self.stream.stop()
         # 2. Apply what is pending within the grace period; a batch in flight completes.
         await self.applier.stop(grace)
+        if self.state is not None:  # the position now applied, for the next start
+            await self.state.stop()
         # 3. Close the sinks, then the health port.
         for slot in reversed(self._started):
             try:

@@ -61,6 +61,8 @@ class SidecarSettings:
     backoff_base: float = 0.1
     backoff_cap: float = 5.0
     grace: float = 5.0
+    state_file: str = ""
+    state_interval: float = 200.0  # milliseconds
     log_level: LogLevel = "info"
     rules: tuple[Rule, ...] = ()
 
@@ -99,6 +101,13 @@ def _milliseconds(text: str) -> float:
     value = float(text.removesuffix("ms"))
     if not 0 <= value <= 1000:
         raise ValueError("must be 0..1000 milliseconds")
+    return value
+
+
+def _interval_ms(text: str) -> float:
+    value = float(text.removesuffix("ms"))
+    if not 1 <= value <= 60_000:
+        raise ValueError("must be 1..60000 milliseconds")
     return value
 
 
@@ -207,6 +216,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("backoff_cap", "--backoff-cap", "longest retry delay, seconds", seconds),
     Option(
         "grace", "--grace", "seconds to finish pending batches on SIGTERM", non_negative_seconds
+    ),
+    Option(
+        "state_file",
+        "--state-file",
+        "file keeping the applied position across restarts (resume without a flush)",
+    ),
+    Option(
+        "state_interval",
+        "--state-interval",
+        "milliseconds between writes of --state-file (at most)",
+        _interval_ms,
     ),
     Option(
         "log_level",
