@@ -252,4 +252,3 @@ class ClockFile:
     def jump(self, seconds: int) -> None:
         self.offset += seconds
         self.path.write_text(f"{self.offset:+d}\n")
-
