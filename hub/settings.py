@@ -48,6 +48,10 @@ class HubSettings:
     max_keys: int = 10_000
     queue_size: int = 10_000
     grace: float = 5.0
+    drain_delay: float = 5.0
+    drain_window: float = 10.0
+    max_connection_age: float | None = 1800.0
+    max_connection_age_grace: float = 30.0
     broker: BrokerKind = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_stream: str = "{cachewire}:events"
@@ -74,6 +78,10 @@ class Option:
 def _broker(text: str) -> str:
     # Plasma's default "mock" emits fake events; cachewire's embedded broker replaces it.
     return "memory" if text.lower() == "mock" else choice("memory", "redis")(text)
+
+
+def _optional_seconds(text: str) -> float | None:
+    return None if text.lower() in ("off", "none", "") else seconds(text)
 
 
 def _redis_url(text: str) -> str:
@@ -166,6 +174,34 @@ OPTIONS: tuple[Option, ...] = (
         "seconds to end streams and finish requests on SIGTERM",
         ("CACHEWIRE_GRACE",),
         non_negative_seconds,
+    ),
+    Option(
+        "drain_delay",
+        "--drain-delay",
+        "on SIGTERM, seconds to keep serving while not ready (endpoints update)",
+        ("CACHEWIRE_DRAIN_DELAY",),
+        non_negative_seconds,
+    ),
+    Option(
+        "drain_window",
+        "--drain-window",
+        "on SIGTERM, after the delay: seconds over which streams are ended, spread out",
+        ("CACHEWIRE_DRAIN_WINDOW",),
+        non_negative_seconds,
+    ),
+    Option(
+        "max_connection_age",
+        "--max-connection-age",
+        "seconds before a gRPC connection is asked to reconnect, ±10 % (off: never)",
+        ("CACHEWIRE_MAX_CONNECTION_AGE",),
+        _optional_seconds,
+    ),
+    Option(
+        "max_connection_age_grace",
+        "--max-connection-age-grace",
+        "seconds a gRPC connection past its age keeps its streams before it is closed",
+        ("CACHEWIRE_MAX_CONNECTION_AGE_GRACE",),
+        seconds,
     ),
     Option(
         "broker",
