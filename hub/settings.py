@@ -283,7 +283,7 @@ def build_parser(prog: str = "cachewire-hub") -> argparse.ArgumentParser:
             dest=opt.field,
             default=None,
             metavar="VALUE",
-            help=f"{opt.help} [env: {envs}]",
+            help=f"{opt.help} [env: {envs}]".replace("%", "%%"),  # argparse formats help with %
         )
     return parser
 

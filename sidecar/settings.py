@@ -264,7 +264,9 @@ def build_parser(prog: str = "cachewire-sidecar") -> argparse.ArgumentParser:
         description=("cachewire sidecar: applies the hub's invalidations to the caches of its pod"),
     )
     for opt in OPTIONS:
-        help_text = f"{opt.help} [env: {opt.env}]"
+        help_text = f"{opt.help} [env: {opt.env}]".replace(
+            "%", "%%"
+        )  # argparse formats help with %
         if opt.boolean:
             parser.add_argument(
                 opt.flag,
