@@ -3,14 +3,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := redis-server memcached chromium
+APT_PACKAGES := redis-server memcached chromium libfaketime
 
 .PHONY: install system-deps run readme proto proto-check lint format typecheck pytest test check \
-	bench lock lock-upgrade lock-check check-latest dist k8s-check image-check
+	bench lock lock-upgrade lock-check check-latest dist k8s-check image-check chaos soak
 
-system-deps:  ## Debian packages the tests use: redis-server, memcached, chromium
+system-deps:  ## Debian packages the tests use: redis-server, memcached, chromium, libfaketime
 	@if ! command -v redis-server >/dev/null || ! command -v memcached >/dev/null \
-	     || ! command -v chromium >/dev/null; then \
+	     || ! command -v chromium >/dev/null || ! dpkg -s libfaketime >/dev/null 2>&1; then \
 	  $(SUDO) apt-get update && $(SUDO) apt-get install -y $(APT_PACKAGES); fi
 
 $(PY):
@@ -67,6 +67,15 @@ typecheck:
 
 pytest:
 	$(BIN)/pytest
+
+CHAOS_REPORT ?= build/chaos-figures.md
+chaos: system-deps install  ## every fault scenario, longer; prints the figures table (and writes $(CHAOS_REPORT))
+	mkdir -p build && CACHEWIRE_CHAOS=full CACHEWIRE_CHAOS_REPORT=$(CHAOS_REPORT) $(BIN)/pytest tests/chaos -q
+
+DURATION ?= 600
+soak: system-deps install  ## steady load for DURATION seconds: fails on RSS/fd growth or a violation
+	mkdir -p build && CACHEWIRE_SOAK_DURATION=$(DURATION) CACHEWIRE_CHAOS_REPORT=build/soak.md \
+	  $(BIN)/pytest tests/chaos/test_soak.py -q
 
 test: system-deps install pytest  ## install what the tests need, then run them
 

@@ -142,6 +142,10 @@ class GrpcServer:
                     request_deserializer=hub_pb2.PublishRequest.FromString,
                     response_serializer=hub_pb2.PublishResponse.SerializeToString,
                 ),
+                "PublishStream": grpc.stream_stream_rpc_method_handler(
+                    guard(api.PublishStream),
+                    request_deserializer=hub_pb2.PublishRequest.FromString,
+                ),
                 "Subscribe": grpc.unary_stream_rpc_method_handler(
                     guard(api.Subscribe),
                     request_deserializer=hub_pb2.SubscribeRequest.FromString,

@@ -54,10 +54,7 @@ class Hub:
         self._ingest: ChannelIngest | None = None
 
     def make_app(self) -> web.Application:
-        app = web.Application(
-            middlewares=[http_api.errors_middleware],
-            client_max_size=self.settings.max_body,
-        )
+        app = web.Application(client_max_size=self.settings.max_body)
         app[sse.HUB] = self
         http_api.add_routes(app)
         return app
@@ -77,9 +74,9 @@ class Hub:
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, s.host, s.http_port, reuse_port=False)
         await self._site.start()
-        server = self._site._server
-        assert isinstance(server, asyncio.base_events.Server)
-        self.http_port = server.sockets[0].getsockname()[1]
+        sockets = getattr(self._site._server, "sockets", None)  # asyncio's Server or uvloop's
+        assert sockets
+        self.http_port = sockets[0].getsockname()[1]
         # 3. gRPC: Plasma's StreamService and cachewire's Hub service.
         if s.grpc_port is not None:
             from cachewire.hub.grpc_server import GrpcServer
