@@ -161,7 +161,7 @@ EXTERNAL_SECRETS = {"cachewire-redis", "cachewire-jwt", "cachewire-injector-cert
 def references(doc: dict[str, Any]) -> Iterator[tuple[str, str]]:
     """(kind, name) of every ConfigMap and Secret a workload's pod template refers to."""
     spec: Any = doc
-    for key in TEMPLATE_PATHS.get(doc["kind"], ("?",)) + ("spec",):
+    for key in (*TEMPLATE_PATHS.get(doc["kind"], ("?",)), "spec"):
         spec = spec.get(key, {}) if isinstance(spec, dict) else {}
     for volume in spec.get("volumes") or []:
         if "configMap" in volume:
