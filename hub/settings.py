@@ -192,7 +192,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max_connection_age",
         "--max-connection-age",
-        "seconds before a gRPC connection is asked to reconnect, ±10 % (off: never)",
+        "seconds before a gRPC connection is asked to reconnect, jittered by a tenth (off: never)",
         ("CACHEWIRE_MAX_CONNECTION_AGE",),
         _optional_seconds,
     ),
