@@ -70,4 +70,8 @@ pytest:
 
 test: system-deps install pytest  ## install what the tests need, then run them
 
+bench: install  ## publish path side by side with nginx+nchan (< 10 min); TOOLS= the Go load generators' folder
+	@test -n "$(TOOLS)" || { echo "usage: make bench TOOLS=DIR (DIR holds pubbench/, ssebench/, peers/nchan/nginx.conf)"; exit 2; }
+	$(PY) bench/publish_bench.py --tools $(TOOLS) --rounds 3
+
 check: system-deps install proto-check lint typecheck pytest  ## everything CI checks (lock-check first)
