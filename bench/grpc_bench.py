@@ -1,6 +1,6 @@
 """gRPC fan-out: events/s delivered to K subscribers, and latency, Plasma Events vs Subscribe.
 
-Starts a hub process (`python -m hub`, memory broker) and, in this process, K gRPC
+Starts a hub process (`python -m cachewire.hub`, memory broker) and, in this process, K gRPC
 subscribers (each on its own channel, so its own TCP connection) plus one publisher using
 the hub's gRPC Publish. For each transport and K:
 
@@ -89,15 +89,17 @@ def cpu_seconds(pid: int) -> float:
 
 @contextmanager
 def hub_process(label: str, tree: Path = ROOT) -> Iterator[HubProc]:
-    """A hub process on free ports, running the `hub` package found in `tree`.
+    """A hub process on free ports, running the hub package found in `tree`.
 
-    `python -m hub` from `tree` imports that tree's `hub` ahead of the installed one.
+    `python -m cachewire.hub` from `tree` imports that tree's package ahead of the installed
+    one; a tree from before the `cachewire` namespace has a top-level `hub` instead.
     """
     http_port, grpc_port = free_port(), free_port()
+    module = "cachewire.hub" if (tree / "cachewire" / "hub").exists() else "hub"
     argv = [
         sys.executable,
         "-m",
-        "hub",
+        module,
         "--http-port",
         str(http_port),
         "--grpc-port",

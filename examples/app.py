@@ -2,8 +2,8 @@
 
 Run the three parts (each in its own terminal, or with `&`)::
 
-    cachewire-hub
-    cachewire-sidecar --hub 127.0.0.1:50051 --topics user --relay-port 7070 --health-port 8091
+    cachewire hub
+    cachewire sidecar --hub 127.0.0.1:50051 --topics user --relay-port 7070 --health-port 8091
     python examples/app.py --port 8000 --relay 127.0.0.1:7070 --hub-url http://127.0.0.1:8080
 
     curl localhost:8000/users/42                           # a miss: loaded, then cached

@@ -131,7 +131,7 @@ async def plasma_hc(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     hub: Hub = request.app[sse.HUB]
     broker = hub.broker
-    if hub.stopping:
+    if hub.stopping or hub.draining:
         return error_response(503, "shutting down")
     if not broker.ready():
         return error_response(503, "broker unavailable")
