@@ -14,8 +14,8 @@ are the same:
 - it writes some floats in another (equally valid, equally exact) form: 1e-07 as 1e-7.
 
 Without orjson (it is a dependency, but a build without wheels may lack it) the standard
-library does everything. NaN and Infinity are refused when decoding, so decoded values never
-carry them to an encoder.
+library does everything. NaN, Infinity and numbers out of a double's range (1e400) are
+refused when decoding, so decoded values never carry them to an encoder.
 """
 
 from __future__ import annotations
@@ -36,8 +36,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # 1e400: no JSON encoder can write it back
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
 def _std_loads(text: str | bytes) -> Any:
-    return json.loads(text, parse_constant=_reject_constant)
+    return json.loads(text, parse_constant=_reject_constant, parse_float=_finite)
 
 
 def _std_dumps(value: Any) -> str:
