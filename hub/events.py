@@ -17,6 +17,10 @@ from typing import Any
 from cachewire.hub.errors import InvalidInput, TooLarge
 
 MAX_TYPE_BYTES = 256
+# Bytes of framing per field or list item on the wire (tag and length), a safe upper bound.
+EVENT_FIELD_OVERHEAD = 6
+# An event's fixed fields on the wire: id (≤ 64), published_at, flush and their framing.
+EVENT_FIXED_BYTES = 96
 RESET_TYPE = "cachewire:reset"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -117,10 +121,11 @@ def parse_json(text: str | bytes, what: str = "the body") -> Any:
         raise InvalidInput(f"{what} is not valid JSON ({exc})") from None
 
 
-def _encodable(text: str, what: str) -> None:
-    """JSON admits lone surrogates ("\\ud800"); UTF-8, and so every wire, does not."""
+def _encodable(text: str, what: str) -> int:
+    """JSON admits lone surrogates ("\\ud800"); UTF-8, and so every wire, does not.
+    Returns the length in UTF-8 bytes."""
     try:
-        text.encode()
+        return len(text.encode())
     except UnicodeEncodeError:
         raise InvalidInput(f"{what} is not valid Unicode (lone surrogate)") from None
 
@@ -157,6 +162,13 @@ def validate_topic(topic: Any, what: str = "type") -> str:
     return topic
 
 
+def event_bytes(
+    type: str, data_bytes: int, keys: tuple[str, ...], prefixes: tuple[str, ...]
+) -> int:
+    """An upper bound of one event's size in a protobuf message."""
+    return EVENT_FIXED_BYTES + len(type) + data_bytes + _list_bytes(keys) + _list_bytes(prefixes)
+
+
 def parse_topics(raw: Sequence[Any], what: str = "topic") -> frozenset[str]:
     if not raw:
         raise InvalidInput(f"at least one {what} is required")
@@ -176,6 +188,11 @@ def _string_list(value: Any, name: str, limit: int) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _list_bytes(values: tuple[str, ...]) -> int:
+    """UTF-8 bytes of a list on the wire: each item with a few bytes of framing."""
+    return sum(len(v.encode()) + EVENT_FIELD_OVERHEAD for v in values) if values else 0
+
+
 def make_draft(
     *,
     type: Any,
@@ -186,8 +203,12 @@ def make_draft(
     traceparent: str = "",
     tracestate: str = "",
     max_keys: int = 10_000,
+    max_bytes: int | None = None,
 ) -> Draft:
-    """Validate one event's fields; raise InvalidInput naming the first problem."""
+    """Validate one event's fields; raise InvalidInput naming the first problem.
+
+    With `max_bytes`, an event whose encoding may exceed it is refused (TooLarge): every
+    event must fit in one gRPC message on its own, however the hub batches it."""
     validate_topic(type)
     keys_t = _string_list(keys, "keys", max_keys)
     prefixes_t = _string_list(prefixes, "prefixes", max_keys)
@@ -195,14 +216,27 @@ def make_draft(
         raise TooLarge(f"keys and prefixes together exceed the limit of {max_keys}")
     if not isinstance(flush, bool):
         raise InvalidInput("flush must be a boolean")
-    _encodable(data_json, "data")
+    data_bytes = _encodable(data_json, "data")
+    if max_bytes is not None:
+        size = event_bytes(type, data_bytes, keys_t, prefixes_t)
+        size += len(traceparent) + min(len(tracestate), 512)
+        if size > max_bytes:
+            raise TooLarge(
+                f"the event is {size} bytes encoded, more than the limit of {max_bytes} "
+                "(--max-body)"
+            )
     if traceparent and not _TRACEPARENT.match(traceparent):
         traceparent, tracestate = "", ""  # a malformed context is dropped, as W3C says
     return Draft(type, data_json, keys_t, prefixes_t, flush, traceparent, tracestate[:512])
 
 
 def drafts_from_json(
-    body: Any, *, max_keys: int, traceparent: str = "", tracestate: str = ""
+    body: Any,
+    *,
+    max_keys: int,
+    traceparent: str = "",
+    tracestate: str = "",
+    max_bytes: int | None = None,
 ) -> list[Draft]:
     """An HTTP publish body (one object or an array of them) → drafts, or InvalidInput."""
     items = body if isinstance(body, list) else [body]
@@ -233,6 +267,7 @@ def drafts_from_json(
                     traceparent=traceparent,
                     tracestate=tracestate,
                     max_keys=max_keys,
+                    max_bytes=max_bytes,
                 )
             )
         except InvalidInput as exc:

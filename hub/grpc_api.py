@@ -29,8 +29,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cachewire.hub.grpc")
 
-# Most events in one EventBatch message (a replay of a large history leaves in several).
+# Most events in one EventBatch message (a replay of a large history leaves in several);
+# the bytes of one are capped by the --subscribe-batch-bytes setting.
 MAX_BATCH = 1000
+FRAMING = 5  # bytes around one event in a batch: its tag and length
 RESET_REASONS: dict[ResetReason, hub_pb2.ResetReason] = {
     "history_expired": hub_pb2.RESET_REASON_HISTORY_EXPIRED,
     "epoch_changed": hub_pb2.RESET_REASON_EPOCH_CHANGED,
@@ -118,6 +120,30 @@ class Outbox:
         run = [first]
         while items and len(run) < max_events and not isinstance(items[0], bytes):
             run.append(items.popleft())  # type: ignore[arg-type]  # not bytes: an Event
+        self.events -= len(run)
+        return run
+
+    def take_batch(
+        self, max_events: int, max_bytes: int, encode: Callable[[Event], bytes]
+    ) -> bytes | list[bytes]:
+        """The next control message, or the encoded events at the head that fit in
+        `max_bytes` (at most `max_events`; always at least one, however large)."""
+        items = self.items
+        first = items.popleft()
+        if isinstance(first, bytes):
+            return first
+        data = encode(first)
+        run, total = [data], len(data) + FRAMING
+        while items and len(run) < max_events:
+            head = items[0]
+            if isinstance(head, bytes):
+                break
+            data = encode(head)
+            total += len(data) + FRAMING
+            if total > max_bytes:
+                break
+            items.popleft()
+            run.append(data)
         self.events -= len(run)
         return run
 
@@ -215,8 +241,11 @@ class SubscribeSink(OutboxSink):
         "the subscriber fell behind its queue of {limit} events; resubscribe with resume_from"
     )
 
-    def __init__(self, queue_size: int, encode: Callable[[Event], bytes]) -> None:
+    def __init__(
+        self, queue_size: int, encode: Callable[[Event], bytes], batch_bytes: int = 1 << 20
+    ) -> None:
         super().__init__(queue_size, encode)
+        self._batch_bytes = batch_bytes
         self._heartbeat: bytes | None = None  # the heartbeat queued last, if still queued
         self._live = False
 
@@ -247,11 +276,8 @@ class SubscribeSink(OutboxSink):
         """Encoded SubscribeResponse messages: consecutive events leave as one batch."""
         box = self.outbox
         while await box.ready():
-            item = box.take(MAX_BATCH)
-            if isinstance(item, bytes):
-                yield item
-            else:
-                yield batch_message([self._encode(e) for e in item])
+            item = box.take_batch(MAX_BATCH, self._batch_bytes, self._encode)
+            yield item if isinstance(item, bytes) else batch_message(item)
         if box.error is not None:
             raise box.error
 
@@ -271,7 +297,10 @@ async def write(context: Any, message: bytes) -> bool:
 
 
 def drafts_from_request(
-    request: hub_pb2.PublishRequest, metadata: dict[str, str], max_keys: int
+    request: hub_pb2.PublishRequest,
+    metadata: dict[str, str],
+    max_keys: int,
+    max_bytes: int | None = None,
 ) -> list[Draft]:
     """Validate like HTTP publish; InvalidInput names the index of the first bad event."""
     if not request.events:
@@ -294,6 +323,7 @@ def drafts_from_request(
                     traceparent=traceparent,
                     tracestate=tracestate,
                     max_keys=max_keys,
+                    max_bytes=max_bytes,
                 )
             )
         except InvalidInput as exc:
@@ -313,7 +343,9 @@ class HubService:
         self, request: hub_pb2.PublishRequest, context: Any
     ) -> hub_pb2.PublishResponse:
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-        drafts = drafts_from_request(request, metadata, self._hub.settings.max_keys)
+        drafts = drafts_from_request(
+            request, metadata, self._hub.settings.max_keys, self._hub.settings.max_body
+        )
         events = await telemetry.publish(self._hub.broker, drafts, "grpc", metadata)
         return hub_pb2.PublishResponse(ids=[e.id for e in events])
 
@@ -322,7 +354,8 @@ class HubService:
         if self._hub.stopping:
             raise Unavailable(SHUTTING_DOWN)
         fanout = self._hub.fanout
-        sink = SubscribeSink(self._hub.settings.queue_size, self._encode)
+        settings = self._hub.settings
+        sink = SubscribeSink(settings.queue_size, self._encode, settings.subscribe_batch_bytes)
         peer, started = context.peer(), time.monotonic()
         log.info(
             "grpc subscribe opened",

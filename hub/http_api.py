@@ -70,6 +70,7 @@ async def publish(request: web.Request) -> web.Response:
     drafts = drafts_from_json(
         body,
         max_keys=settings.max_keys,
+        max_bytes=settings.max_body,
         traceparent=request.headers.get("traceparent", ""),
         tracestate=request.headers.get("tracestate", ""),
     )

@@ -93,6 +93,7 @@ def draft_from_message(raw: bytes | str, *, max_keys: int, max_bytes: int) -> Dr
         prefixes=meta.get("prefixes"),
         flush=meta.get("flush", False),
         max_keys=max_keys,
+        max_bytes=max_bytes,
     )
 
 

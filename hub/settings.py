@@ -30,6 +30,11 @@ from cachewire.hub.errors import ConfigError
 
 BrokerKind = Literal["memory", "redis"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+# gRPC's default receive limit (4 MiB), which the sidecar's --max-message-bytes defaults to
+# and which Plasma's and most apps' clients keep; one event, and one Subscribe batch, stay
+# below it with room for the message's own framing.
+GRPC_MESSAGE_LIMIT = 4 << 20
+MAX_GRPC_PAYLOAD = GRPC_MESSAGE_LIMIT - (64 << 10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +50,7 @@ class HubSettings:
     cors_origin: str = ""
     max_body: int = 1 << 20
     max_keys: int = 10_000
+    subscribe_batch_bytes: int = 1 << 20
     queue_size: int = 10_000
     grace: float = 5.0
     broker: BrokerKind = "memory"
@@ -53,6 +59,18 @@ class HubSettings:
     redis_channels: tuple[str, ...] = ()
     ingest_lease: float = 5.0
     log_level: LogLevel = "info"
+
+    def __post_init__(self) -> None:
+        # Every message the hub sends must fit what any gRPC client receives by default.
+        for flag, value in (
+            ("--max-body", self.max_body),
+            ("--subscribe-batch-bytes", self.subscribe_batch_bytes),
+        ):
+            if value > MAX_GRPC_PAYLOAD:
+                raise ConfigError(
+                    f"{flag}={value} is above {MAX_GRPC_PAYLOAD} bytes: gRPC clients receive "
+                    f"messages of at most {GRPC_MESSAGE_LIMIT} bytes by default"
+                )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> HubSettings:
@@ -139,7 +157,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max_body",
         "--max-body",
-        "largest publish body, bytes",
+        "largest publish body, and largest event encoded, bytes (at most 4 MiB - 64 KiB)",
         ("CACHEWIRE_MAX_BODY",),
         positive_int,
     ),
@@ -148,6 +166,13 @@ OPTIONS: tuple[Option, ...] = (
         "--max-keys",
         "most keys plus prefixes in one event",
         ("CACHEWIRE_MAX_KEYS",),
+        positive_int,
+    ),
+    Option(
+        "subscribe_batch_bytes",
+        "--subscribe-batch-bytes",
+        "most bytes of events in one gRPC Subscribe message (one larger event leaves alone)",
+        ("CACHEWIRE_SUBSCRIBE_BATCH_BYTES",),
         positive_int,
     ),
     Option(

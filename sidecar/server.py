@@ -84,6 +84,7 @@ class Sidecar:
             backoff_base=s.backoff_base,
             backoff_cap=s.backoff_cap,
             idle_timeout=s.max_staleness,
+            max_message_bytes=s.max_message_bytes,
             on_reconnect=self.metrics.reconnects.inc,
         )
         self.health = HealthServer(self)

@@ -58,6 +58,7 @@ class SidecarSettings:
     batch_delay: float = 2.0  # milliseconds
     batch_size: int = 500
     max_pending: int = 100_000
+    max_message_bytes: int = 4 << 20
     backoff_base: float = 0.1
     backoff_cap: float = 5.0
     grace: float = 5.0
@@ -199,6 +200,13 @@ OPTIONS: tuple[Option, ...] = (
         "max_pending",
         "--max-pending",
         "invalidations kept per failing sink; past it the sink is flushed when back",
+        positive_int,
+    ),
+    Option(
+        "max_message_bytes",
+        "--max-message-bytes",
+        "largest message accepted from the hub (at least the hub's --subscribe-batch-bytes "
+        "and --max-body)",
         positive_int,
     ),
     Option(
