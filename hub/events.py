@@ -8,6 +8,7 @@ assigning ids (stream positions) in order. Validation is shared by every publish
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -111,10 +112,20 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    """1e999 is valid JSON syntax but no finite number: Python reads it as inf, which no
+    JSON encoder may write back (browsers' JSON.parse would read `Infinity` as an error)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
 def parse_json(text: str | bytes, what: str = "the body") -> Any:
-    """Strict JSON: no NaN/Infinity (browsers' JSON.parse rejects them), bounded nesting."""
+    """Strict JSON: no NaN/Infinity, no number beyond a double's range (browsers'
+    JSON.parse rejects them), bounded nesting."""
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
         raise InvalidInput(f"{what} is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -257,6 +268,8 @@ def drafts_from_json(
                 data_json = _dumps(item.get("data"))
             except RecursionError:
                 raise InvalidInput("data is nested too deeply") from None
+            except ValueError as exc:  # a non-finite number, should one get this far
+                raise InvalidInput(f"data is not JSON ({exc})") from None
             drafts.append(
                 make_draft(
                     type=item["type"],
@@ -280,7 +293,7 @@ def data_json_from_text(text: str) -> str:
     if not text:
         return "null"
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
         return _dumps(value)
     except RecursionError:
         raise InvalidInput("data is nested too deeply") from None

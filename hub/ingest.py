@@ -83,9 +83,13 @@ def draft_from_message(raw: bytes | str, *, max_keys: int, max_bytes: int) -> Dr
     if "type" not in meta:
         raise InvalidInput("meta.type is required")
     try:
-        data_json = json.dumps(body.get("data"), ensure_ascii=False, separators=(",", ":"))
+        data_json = json.dumps(
+            body.get("data"), ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        )
     except RecursionError:
         raise InvalidInput("data is nested too deeply") from None
+    except ValueError as exc:  # parse_json lets no non-finite number through; be sure
+        raise InvalidInput(f"data is not JSON ({exc})") from None
     return make_draft(
         type=meta["type"],
         data_json=data_json,
