@@ -95,8 +95,13 @@ class Event:
 
     def sse_frame(self) -> bytes:
         """The bare SSE frame (for HTTP/1.0 clients, which get no chunked encoding)."""
+        return bytes(self.sse_frame_view())
+
+    def sse_frame_view(self) -> memoryview:
+        """The bare SSE frame as a view into the shared chunk: what HTTP/1.0 subscribers
+        are sent, so that their replays copy nothing per subscriber."""
         wire = self.sse_chunk()
-        return wire[wire.index(b"\r\n") + 2 : -2]
+        return memoryview(wire)[wire.index(b"\r\n") + 2 : -2]
 
 
 def as_chunk(data: bytes) -> bytes:
@@ -215,6 +220,7 @@ def make_draft(
     tracestate: str = "",
     max_keys: int = 10_000,
     max_bytes: int | None = None,
+    max_prefixes: int | None = None,
 ) -> Draft:
     """Validate one event's fields; raise InvalidInput naming the first problem.
 
@@ -222,7 +228,7 @@ def make_draft(
     event must fit in one gRPC message on its own, however the hub batches it."""
     validate_topic(type)
     keys_t = _string_list(keys, "keys", max_keys)
-    prefixes_t = _string_list(prefixes, "prefixes", max_keys)
+    prefixes_t = _string_list(prefixes, "prefixes", min(max_keys, max_prefixes or max_keys))
     if len(keys_t) + len(prefixes_t) > max_keys:
         raise TooLarge(f"keys and prefixes together exceed the limit of {max_keys}")
     if not isinstance(flush, bool):
@@ -248,11 +254,14 @@ def drafts_from_json(
     traceparent: str = "",
     tracestate: str = "",
     max_bytes: int | None = None,
+    max_prefixes: int | None = None,
+    max_events: int | None = None,
 ) -> list[Draft]:
     """An HTTP publish body (one object or an array of them) → drafts, or InvalidInput."""
     items = body if isinstance(body, list) else [body]
     if not items:
         raise InvalidInput("the event array is empty")
+    check_count(len(items), max_events)
     drafts = []
     for i, item in enumerate(items):
         where = f"event {i}: " if isinstance(body, list) else ""
@@ -281,11 +290,20 @@ def drafts_from_json(
                     tracestate=tracestate,
                     max_keys=max_keys,
                     max_bytes=max_bytes,
+                    max_prefixes=max_prefixes,
                 )
             )
         except InvalidInput as exc:
             raise type(exc)(where + str(exc)) from None
     return drafts
+
+
+def check_count(events: int, max_events: int | None) -> None:
+    """One request publishes at most `max_events` (its validation and fan-out hold the loop)."""
+    if max_events is not None and events > max_events:
+        raise TooLarge(
+            f"the request has {events} events, more than the limit of {max_events} (--max-events)"
+        )
 
 
 def data_json_from_text(text: str) -> str:

@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from cachewire.hub import telemetry
 from cachewire.hub.brokers.base import ResetReason
 from cachewire.hub.errors import HubError, InvalidInput, Unavailable
-from cachewire.hub.events import Draft, Event, data_json_from_text, make_draft, parse_topics
+from cachewire.hub.events import (
+    Draft,
+    Event,
+    check_count,
+    data_json_from_text,
+    make_draft,
+    parse_topics,
+)
 from cachewire.v1 import hub_pb2
 
 if TYPE_CHECKING:
@@ -301,10 +308,13 @@ def drafts_from_request(
     metadata: dict[str, str],
     max_keys: int,
     max_bytes: int | None = None,
+    max_prefixes: int | None = None,
+    max_events: int | None = None,
 ) -> list[Draft]:
     """Validate like HTTP publish; InvalidInput names the index of the first bad event."""
     if not request.events:
         raise InvalidInput("at least one event is required")
+    check_count(len(request.events), max_events)
     drafts = []
     for i, item in enumerate(request.events):
         if item.traceparent:
@@ -324,6 +334,7 @@ def drafts_from_request(
                     tracestate=tracestate,
                     max_keys=max_keys,
                     max_bytes=max_bytes,
+                    max_prefixes=max_prefixes,
                 )
             )
         except InvalidInput as exc:
@@ -343,8 +354,9 @@ class HubService:
         self, request: hub_pb2.PublishRequest, context: Any
     ) -> hub_pb2.PublishResponse:
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        s = self._hub.settings
         drafts = drafts_from_request(
-            request, metadata, self._hub.settings.max_keys, self._hub.settings.max_body
+            request, metadata, s.max_keys, s.max_body, s.max_prefixes, s.max_events
         )
         events = await telemetry.publish(self._hub.broker, drafts, "grpc", metadata)
         return hub_pb2.PublishResponse(ids=[e.id for e in events])

@@ -71,6 +71,8 @@ async def publish(request: web.Request) -> web.Response:
         body,
         max_keys=settings.max_keys,
         max_bytes=settings.max_body,
+        max_prefixes=settings.max_prefixes,
+        max_events=settings.max_events,
         traceparent=request.headers.get("traceparent", ""),
         tracestate=request.headers.get("tracestate", ""),
     )

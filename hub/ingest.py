@@ -68,7 +68,9 @@ return 0
 """
 
 
-def draft_from_message(raw: bytes | str, *, max_keys: int, max_bytes: int) -> Draft:
+def draft_from_message(
+    raw: bytes | str, *, max_keys: int, max_bytes: int, max_prefixes: int | None = None
+) -> Draft:
     """A Plasma channel message → a draft, or InvalidInput saying what is wrong with it.
 
     `meta` may also carry cachewire's `keys`, `prefixes` and `flush` (what the hub itself
@@ -98,6 +100,7 @@ def draft_from_message(raw: bytes | str, *, max_keys: int, max_bytes: int) -> Dr
         flush=meta.get("flush", False),
         max_keys=max_keys,
         max_bytes=max_bytes,
+        max_prefixes=max_prefixes,
     )
 
 
@@ -210,7 +213,12 @@ class ChannelIngest:
         for message in messages:
             try:
                 drafts.append(
-                    draft_from_message(message["data"], max_keys=s.max_keys, max_bytes=s.max_body)
+                    draft_from_message(
+                        message["data"],
+                        max_keys=s.max_keys,
+                        max_bytes=s.max_body,
+                        max_prefixes=s.max_prefixes,
+                    )
                 )
             except InvalidInput as exc:
                 self.counts["malformed"] += 1

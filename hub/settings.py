@@ -50,6 +50,8 @@ class HubSettings:
     cors_origin: str = ""
     max_body: int = 1 << 20
     max_keys: int = 10_000
+    max_prefixes: int = 100
+    max_events: int = 1000
     subscribe_batch_bytes: int = 1 << 20
     queue_size: int = 10_000
     grace: float = 5.0
@@ -166,6 +168,20 @@ OPTIONS: tuple[Option, ...] = (
         "--max-keys",
         "most keys plus prefixes in one event",
         ("CACHEWIRE_MAX_KEYS",),
+        positive_int,
+    ),
+    Option(
+        "max_prefixes",
+        "--max-prefixes",
+        "most prefixes in one event (each costs every sidecar a keyspace scan)",
+        ("CACHEWIRE_MAX_PREFIXES",),
+        positive_int,
+    ),
+    Option(
+        "max_events",
+        "--max-events",
+        "most events in one publish request",
+        ("CACHEWIRE_MAX_EVENTS",),
         positive_int,
     ),
     Option(

@@ -136,3 +136,19 @@ def test_max_body_above_the_grpc_message_limit_fails_at_start() -> None:
     )
     assert done.returncode == 2
     assert "--max-body=5000000 is above" in done.stderr
+
+
+def test_events_per_request_and_prefixes_per_event_are_capped(
+    hub_process: Callable[..., Proc],
+) -> None:
+    """--max-events bounds one request (its validation and fan-out hold the loop);
+    --max-prefixes bounds one event (each prefix costs every sidecar a keyspace scan)."""
+    hub = hub_process("--max-events", "3", "--max-prefixes", "2")
+    status, answer = post(hub, json.dumps([{"type": "a"}] * 4).encode())
+    assert status == 413
+    assert "4 events, more than the limit of 3 (--max-events)" in answer["error"]
+    status, answer = post(hub, json.dumps({"type": "a", "prefixes": ["p:", "q:", "r:"]}).encode())
+    assert status == 413
+    assert "prefixes has 3 entries, more than the limit of 2" in answer["error"]
+    status, answer = post(hub, json.dumps([{"type": "a", "prefixes": ["p:", "q:"]}] * 3).encode())
+    assert status == 200 and len(answer["ids"]) == 3
