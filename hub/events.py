@@ -18,8 +18,9 @@ from typing import Any
 from cachewire.hub.errors import InvalidInput, TooLarge
 
 MAX_TYPE_BYTES = 256
-# Bytes of framing per field or list item on the wire (tag and length), a safe upper bound.
-EVENT_FIELD_OVERHEAD = 6
+# Bytes of framing per field or list item in protobuf: a tag and a length (≤ 3 bytes
+# below 2 MiB).
+EVENT_FIELD_OVERHEAD = 4
 # An event's fixed fields on the wire: id (≤ 64), published_at, flush and their framing.
 EVENT_FIXED_BYTES = 96
 RESET_TYPE = "cachewire:reset"

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -308,6 +309,8 @@ class Applier:
                 if slot.flush_enabled:
                     continue  # the flush covers the event's keys too
                 item_inv = replace(inv, flush=False)
+            if slot.allow is not None:
+                item_inv = self._confine(slot, item_inv)
             if len(slot.pending) >= self.max_pending:
                 if slot.flush_enabled:
                     self.request_flush(
@@ -324,6 +327,25 @@ class Applier:
                     )
             slot.pending.append(Item(item_inv, pos, now, span))
             slot.wake.set()
+
+    def _confine(self, slot: Slot, inv: Invalidation) -> Invalidation:
+        assert slot.allow is not None
+        refused: Counter[str] = Counter()
+        confined = slot.allow.confine(inv, refused)
+        for reason, n in refused.items():
+            self.metrics.refused.labels(slot.name, reason).inc(n)
+        if refused:
+            log.warning(
+                "keys or prefixes outside --allow-prefixes not applied",
+                extra={
+                    "sink": slot.name,
+                    "id": inv.id,
+                    "type": inv.type,
+                    "refused": dict(refused),
+                    "allow_prefixes": list(slot.allow.prefixes),
+                },
+            )
+        return confined
 
     def _contact(self) -> None:
         self.staleness.contact(self.clock())

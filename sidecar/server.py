@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from cachewire.sidecar.allow import Allow
 from cachewire.sidecar.applier import Applier
 from cachewire.sidecar.errors import ConfigError
 from cachewire.sidecar.health import HealthServer
@@ -22,6 +23,10 @@ from cachewire.sidecar.state import Slot
 from cachewire.sidecar.stream import StreamClient
 
 log = logging.getLogger("cachewire.sidecar")
+
+
+def _allow(prefixes: tuple[str, ...]) -> Allow | None:
+    return Allow(prefixes) if prefixes else None
 
 
 def make_slots(s: SidecarSettings, metrics: Metrics) -> list[Slot]:
@@ -39,12 +44,20 @@ def make_slots(s: SidecarSettings, metrics: Metrics) -> list[Slot]:
                     metrics=metrics,
                 ),
                 s.memcached_flush,
+                _allow(s.allowed("memcached")),
             )
         )
     if s.redis_url:
         from cachewire.sidecar.sinks.redis import RedisSink
 
-        slots.append(Slot(RedisSink(s.redis_url, flush_enabled=s.redis_flush), s.redis_flush))
+        allowed = s.allowed("redis")
+        flushing = s.redis_flush != "off"
+        sink = RedisSink(
+            s.redis_url,
+            flush_enabled=flushing,
+            flush_prefixes=allowed if s.redis_flush == "prefixes" else (),
+        )
+        slots.append(Slot(sink, flushing, _allow(allowed)))
     if s.webhook:
         from cachewire.sidecar.sinks.webhook import WebhookSink
 

@@ -34,6 +34,9 @@ from cachewire.sidecar.rules import Rule, parse_rules
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 PrefixPolicy = Literal["flush", "ignore"]
+# What a Redis flush deletes: the allowed prefixes (SCAN + UNLINK), the whole database
+# (FLUSHDB, chosen explicitly), or nothing.
+RedisFlush = Literal["prefixes", "db", "off"]
 ENV_PREFIX = "CACHEWIRE_SIDECAR_"
 
 
@@ -45,8 +48,11 @@ class SidecarSettings:
     memcached: str = ""
     memcached_flush: bool = True
     memcached_prefixes: PrefixPolicy = "flush"
+    allow_prefixes: tuple[str, ...] = ()
+    memcached_allow_prefixes: tuple[str, ...] = ()
     redis_url: str = ""
-    redis_flush: bool = True
+    redis_flush: RedisFlush = "prefixes"
+    redis_allow_prefixes: tuple[str, ...] = ()
     webhook: str = ""
     webhook_flush: bool = True
     webhook_timeout: float = 5.0
@@ -64,6 +70,12 @@ class SidecarSettings:
     grace: float = 5.0
     log_level: LogLevel = "info"
     rules: tuple[Rule, ...] = ()
+
+    def allowed(self, sink: str) -> tuple[str, ...]:
+        """The cache namespace of a sink: its own --<sink>-allow-prefixes, else the
+        common --allow-prefixes (empty: every key)."""
+        own: tuple[str, ...] = getattr(self, f"{sink}_allow_prefixes", ())
+        return own or self.allow_prefixes
 
     def sink_names(self) -> list[str]:
         names = [
@@ -137,6 +149,22 @@ def _redis_url(text: str) -> str:
     return text
 
 
+def _redis_flush(text: str) -> str:
+    """true (the allowed prefixes; the old boolean's default), false, or db (FLUSHDB)."""
+    value = text.lower()
+    if value in ("1", "true", "yes", "on", "prefixes"):
+        return "prefixes"
+    if value in ("0", "false", "no", "off"):
+        return "off"
+    if value == "db":
+        return "db"
+    raise ValueError("must be true (the allowed prefixes), false, or db (FLUSHDB)")
+
+
+def _prefixes(text: str) -> tuple[str, ...]:
+    return csv(text)
+
+
 def _http_url(text: str) -> str:
     if text:
         parts = urlsplit(text)
@@ -163,8 +191,34 @@ OPTIONS: tuple[Option, ...] = (
         "what a prefix invalidation does to memcached: flush or ignore",
         choice("flush", "ignore"),
     ),
+    Option(
+        "allow_prefixes",
+        "--allow-prefixes",
+        "comma list: the app's cache namespace; memcached and Redis keys and prefixes "
+        "outside it are not deleted (counted as refused)",
+        _prefixes,
+    ),
+    Option(
+        "memcached_allow_prefixes",
+        "--memcached-allow-prefixes",
+        "--allow-prefixes for memcached alone",
+        _prefixes,
+    ),
     Option("redis_url", "--redis-url", "Redis to guard (redis://, rediss://, unix://)", _redis_url),
-    Option("redis_flush", "--redis-flush", "FLUSHDB on a gap or a flush event", _bool, True),
+    Option(
+        "redis_flush",
+        "--redis-flush",
+        "on a gap or a flush event: prefixes (or true: SCAN + UNLINK the allowed prefixes), "
+        "false, "
+        "or db (FLUSHDB the whole database)",
+        _redis_flush,
+    ),
+    Option(
+        "redis_allow_prefixes",
+        "--redis-allow-prefixes",
+        "--allow-prefixes for Redis alone",
+        _prefixes,
+    ),
     Option("webhook", "--webhook", "URL to POST each batch to as JSON", _http_url),
     Option(
         "webhook_flush", "--webhook-flush", "POST a flush on a gap or a flush event", _bool, True
@@ -252,15 +306,27 @@ def build_parser(prog: str = "cachewire-sidecar") -> argparse.ArgumentParser:
             parser.add_argument(
                 opt.flag, dest=opt.field, default=None, metavar="VALUE", help=help_text
             )
+    # --redis-flush was a boolean flag: its negative form keeps working.
+    parser.add_argument(
+        "--no-redis-flush",
+        dest="redis_flush",
+        action="store_const",
+        const="false",
+        help=argparse.SUPPRESS,
+    )
     return parser
 
 
 def _from_toml(value: Any, opt: Option) -> str:
     """A TOML value → the text a flag would carry (lists for topics, booleans, numbers)."""
     if isinstance(value, bool):
-        if not opt.boolean:
+        if not opt.boolean and opt.field != "redis_flush":
             raise ValueError("must not be a boolean")
         return "true" if value else "false"
+    if isinstance(value, list) and opt.field.endswith("allow_prefixes"):
+        if not all(isinstance(v, str) and "," not in v for v in value):
+            raise ValueError("must be a list of prefix strings")
+        return ",".join(value)
     if isinstance(value, list) and opt.field == "topics":
         if not all(isinstance(v, str) and "," not in v for v in value):
             raise ValueError("must be a list of topic strings")
@@ -332,6 +398,12 @@ def check(s: SidecarSettings) -> None:
     if not s.sink_names():
         raise ConfigError(
             "no cache to guard: give --memcached, --redis-url, --webhook or --relay-port"
+        )
+    if s.redis_url and s.redis_flush == "prefixes" and not s.allowed("redis"):
+        raise ConfigError(
+            "--redis-flush=true deletes the app's cache prefixes on a gap: give them with "
+            "--allow-prefixes (or --redis-allow-prefixes), e.g. --allow-prefixes myapp:cache: ; "
+            "or choose --redis-flush=db to FLUSHDB the whole database, or --redis-flush=false"
         )
     if s.backoff_base > s.backoff_cap:
         raise ConfigError(

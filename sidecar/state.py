@@ -16,6 +16,7 @@ from typing import Literal
 
 from opentelemetry import trace
 
+from cachewire.sidecar.allow import Allow
 from cachewire.sidecar.positions import Pos
 from cachewire.sidecar.sinks.base import Invalidation, Sink
 
@@ -89,10 +90,11 @@ class Item:
 class Slot:
     """One sink and its queue, flush state and health, as the applier sees it."""
 
-    def __init__(self, sink: Sink, flush_enabled: bool = True) -> None:
+    def __init__(self, sink: Sink, flush_enabled: bool = True, allow: Allow | None = None) -> None:
         self.sink = sink
         self.name = sink.name
         self.flush_enabled = flush_enabled
+        self.allow = allow  # the app's cache namespace; None: every key
         self.pending: deque[Item] = deque()
         self.flush_cause: FlushCause | None = None
         self.flush_detail = ""

@@ -1,4 +1,5 @@
-"""Redis: UNLINK for keys (pipelined), SCAN + UNLINK for prefixes, FLUSHDB for a flush.
+"""Redis: UNLINK for keys (pipelined), SCAN + UNLINK for prefixes; a flush deletes the
+app's cache prefixes (SCAN + UNLINK), or the whole database (FLUSHDB) when chosen.
 
 All prefixes of a batch cost one SCAN pass over the keyspace (matched client-side), not
 one pass each; the applier deletes the keys of later events meanwhile (`express_keys`).
@@ -41,9 +42,19 @@ class RedisSink:
     # Key deletes may run while a prefix scan is in progress (the pool has connections).
     express_keys = True
 
-    def __init__(self, url: str, *, flush_enabled: bool = True, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        flush_enabled: bool = True,
+        timeout: float = 5.0,
+        flush_prefixes: Sequence[str] = (),
+    ) -> None:
+        """A flush deletes the keys under `flush_prefixes` (the app's cache namespace),
+        or, when there are none, the whole database (FLUSHDB)."""
         self.url = url
         self.flush_enabled = flush_enabled
+        self.flush_prefixes = tuple(flush_prefixes)
         self._redis = aioredis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 1)
         )
@@ -82,6 +93,13 @@ class RedisSink:
             yield chunk
 
     async def flush(self, reason: str) -> None:
+        if self.flush_prefixes:
+            try:
+                async for chunk in self._scan(self.flush_prefixes):
+                    await self._redis.unlink(*chunk)
+            except (RedisError, OSError) as exc:
+                raise SinkError(f"redis flush (SCAN): {type(exc).__name__}: {exc}") from exc
+            return
         try:
             ok = await self._redis.flushdb(asynchronous=True)
         except (RedisError, OSError) as exc:

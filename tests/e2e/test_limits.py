@@ -13,6 +13,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+import redis
+
 from tests.e2e.test_sidecar import applied, get, memcache, metric, publish, wait_ready
 from tests.servers import BIN, Proc, wait_for
 from tests.tcp_proxy import tcp_proxy
@@ -116,10 +118,10 @@ def test_sidecar_unsticks_itself_from_a_message_above_its_limit(
 def test_an_event_larger_than_max_body_encoded_is_refused(
     hub_process: Callable[..., Proc],
 ) -> None:
-    """A body under --max-body whose one event would not fit in it encoded: 413, JSON."""
+    """A body under --max-body whose one event would not fit in it encoded (`1e5` is
+    written back as `100000.0`): 413, JSON, nothing published."""
     hub = hub_process("--max-body", "20000")
-    event = {"type": "a", "data": "x" * 18_000, "keys": [f"k{i}" for i in range(200)]}
-    body = json.dumps(event).encode()
+    body = b'{"type":"a","data":[' + b",".join([b"1e5"] * 3000) + b"]}"
     assert len(body) < 20_000
     status, answer = post(hub, body)
     assert status == 413
@@ -152,3 +154,53 @@ def test_events_per_request_and_prefixes_per_event_are_capped(
     assert "prefixes has 3 entries, more than the limit of 2" in answer["error"]
     status, answer = post(hub, json.dumps([{"type": "a", "prefixes": ["p:", "q:"]}] * 3).encode())
     assert status == 200 and len(answer["ids"]) == 3
+
+
+def test_the_sidecar_touches_only_the_allowed_prefixes(
+    hub_process: Callable[..., Proc],
+    sidecar_process: Callable[..., Proc],
+    memcached_server: Proc,
+    redis_server: Proc,
+) -> None:
+    """Keys and prefixes outside --allow-prefixes are skipped and counted; a flush deletes
+    the allowed prefixes from Redis (SCAN + UNLINK), not the whole database."""
+    hub = hub_process()
+    sc = sidecar_process(
+        "--memcached",
+        f"127.0.0.1:{memcached_server.port}",
+        "--redis-url",
+        f"redis://127.0.0.1:{redis_server.port}/0",
+        "--memcached-prefixes",
+        "ignore",  # memcached cannot enumerate a prefix: else it would flush_all
+        "--allow-prefixes",
+        "app:",
+        "--max-staleness",
+        "60",
+        hub=hub,
+        topics="app",
+    )
+    wait_ready(sc)
+    r = redis.Redis(port=redis_server.port)
+    r.mset({k: "v" for k in ("app:1", "app:list:1", "app:2", "session:alice", "billing:x")})
+    with memcache(memcached_server.port) as mc:
+        mc.set("app:1", "v")
+        mc.set("session:alice", "v")
+        [event] = publish(
+            hub,
+            {
+                "type": "app:1",
+                "keys": ["app:1", "session:alice"],
+                "prefixes": ["app:list:", "billing:"],
+            },
+        )
+        assert applied(sc, event) == 200
+        assert sorted(r.keys()) == [b"app:2", b"billing:x", b"session:alice"]
+        assert mc.get("app:1") is None and mc.get("session:alice") == b"v"
+        [flush] = publish(hub, {"type": "app:all", "flush": True})
+        assert applied(sc, flush) == 200
+        assert sorted(r.keys()) == [b"billing:x", b"session:alice"]
+    r.close()
+    for sink in ("redis", "memcached"):
+        assert metric(sc, "cachewire_sidecar_refused_total", sink=sink, reason="key_outside") == 1
+    assert metric(sc, "cachewire_sidecar_refused_total", sink="redis", reason="prefix_outside") == 1
+    assert "outside --allow-prefixes not applied" in sc.log()

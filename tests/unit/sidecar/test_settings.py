@@ -38,7 +38,22 @@ def test_boolean_flags_and_variables() -> None:
     assert parse([*BASE, "--no-memcached-flush"], env={}).memcached_flush is False
     env = {"CACHEWIRE_SIDECAR_REDIS_FLUSH": "off", "CACHEWIRE_SIDECAR_REDIS_URL": "redis://h/1"}
     s = parse(BASE, env=env)
-    assert s.redis_flush is False and s.sink_names() == ["memcached", "redis"]
+    assert s.redis_flush == "off" and s.sink_names() == ["memcached", "redis"]
+
+
+def test_redis_flush_needs_the_allowed_prefixes_or_an_explicit_db() -> None:
+    """--redis-flush=true (the default) deletes the app's prefixes, so it needs them;
+    FLUSHDB only when chosen; the old --no-redis-flush still turns it off."""
+    url = ["--redis-url", "redis://h/0"]
+    with pytest.raises(ConfigError, match="give them with --allow-prefixes"):
+        parse([*BASE, *url], env={})
+    s = parse([*BASE, *url, "--allow-prefixes", "app:cache:, app:v2:"], env={})
+    assert s.redis_flush == "prefixes" and s.allowed("redis") == ("app:cache:", "app:v2:")
+    s = parse([*BASE, *url, "--allow-prefixes", "a:", "--redis-allow-prefixes", "r:"], env={})
+    assert (s.allowed("redis"), s.allowed("memcached")) == (("r:",), ("a:",))
+    assert parse([*BASE, *url, "--redis-flush", "db"], env={}).redis_flush == "db"
+    assert parse([*BASE, *url, "--no-redis-flush"], env={}).redis_flush == "off"
+    assert parse([*BASE, *url, "--redis-flush=false"], env={}).redis_flush == "off"
 
 
 def test_config_file_with_lists_booleans_and_rules(tmp_path: Path) -> None:
@@ -57,7 +72,7 @@ keys = ["user:{id}", "user:{id}:profile"]
     )
     s = parse(["--config", config], env={})
     assert s.topics == ("user", "product:1")
-    assert s.redis_flush is False and s.relay_port == 7070
+    assert s.redis_flush == "off" and s.relay_port == 7070
     assert [r.pattern for r in s.rules] == ["user:{id}"]
 
 
