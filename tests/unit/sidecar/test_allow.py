@@ -19,7 +19,7 @@ def test_keys_and_prefixes_outside_are_refused_and_counted() -> None:
 
 
 def test_a_prefix_covering_the_namespace_is_narrowed_to_it() -> None:
-    """"ap" covers "app:c:" and "app:d:": those are deleted, nothing outside them."""
+    """ "ap" covers "app:c:" and "app:d:": those are deleted, nothing outside them."""
     refused: Counter[str] = Counter()
     out = Allow(("app:c:", "app:d:", "other:")).confine(
         Invalidation("e-1", "t", prefixes=("ap",)), refused
