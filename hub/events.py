@@ -59,6 +59,7 @@ class Event:
     tracestate: str = ""
     published_at: float = 0.0
     _sse: bytes | None = None  # the SSE frame as one HTTP/1.1 chunk, encoded once
+    _size: int = 0  # memory_bytes(), computed once
 
     @classmethod
     def from_draft(cls, draft: Draft, id: str, pos: Position) -> Event:
@@ -74,6 +75,16 @@ class Event:
             draft.tracestate,
             draft.published_at,
         )
+
+    def memory_bytes(self) -> int:
+        """What keeping this event costs, about: its text twice (the data, and the SSE
+        frame encoded once for every subscriber) and Python's per-object overhead."""
+        size = self._size
+        if size == 0:
+            text = len(self.data_json) + len(self.type) + sum(map(len, self.keys))
+            text += sum(map(len, self.prefixes))
+            size = self._size = 2 * text + 64 * (len(self.keys) + len(self.prefixes)) + 400
+        return size
 
     def plasma_json(self) -> str:
         """Plasma's envelope: {"meta":{"type":...},"data":...}; extra fields only in meta."""
@@ -186,9 +197,15 @@ def event_bytes(
     return EVENT_FIXED_BYTES + len(type) + data_bytes + _list_bytes(keys) + _list_bytes(prefixes)
 
 
-def parse_topics(raw: Sequence[Any], what: str = "topic") -> frozenset[str]:
+def parse_topics(
+    raw: Sequence[Any], what: str = "topic", limit: int | None = None
+) -> frozenset[str]:
     if not raw:
         raise InvalidInput(f"at least one {what} is required")
+    if limit is not None and len(raw) > limit:
+        raise TooLarge(
+            f"{len(raw)} {what}s in one subscription, more than the limit of {limit} (--max-topics)"
+        )
     return frozenset(validate_topic(t, what) for t in raw)
 
 

@@ -70,17 +70,24 @@ def field_1(payload: bytes) -> bytes:
 class EncodeCache:
     """Event → encoded message, computed once and shared by every subscriber of a service."""
 
-    def __init__(self, encode: Callable[[Event], bytes], size: int = 16_384) -> None:
+    def __init__(
+        self, encode: Callable[[Event], bytes], size: int = 16_384, max_bytes: int = 32 << 20
+    ) -> None:
         self._encode = encode
         self._size = size
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._cache: dict[str, bytes] = {}
 
     def __call__(self, event: Event) -> bytes:
         data = self._cache.get(event.id)
         if data is None:
-            if len(self._cache) >= self._size:
+            data = self._encode(event)
+            if len(self._cache) >= self._size or self._bytes + len(data) > self._max_bytes:
                 self._cache.clear()  # cheap; a miss only costs one more encoding
-            data = self._cache[event.id] = self._encode(event)
+                self._bytes = 0
+            self._cache[event.id] = data
+            self._bytes += len(data)
         return data
 
 
@@ -362,7 +369,7 @@ class HubService:
         return hub_pb2.PublishResponse(ids=[e.id for e in events])
 
     async def Subscribe(self, request: hub_pb2.SubscribeRequest, context: Any) -> None:
-        topics = parse_topics(list(request.topics))
+        topics = parse_topics(list(request.topics), limit=self._hub.settings.max_topics)
         if self._hub.stopping:
             raise Unavailable(SHUTTING_DOWN)
         fanout = self._hub.fanout

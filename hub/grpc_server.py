@@ -150,6 +150,7 @@ class GrpcServer:
             options=(
                 *SERVER_OPTIONS,
                 ("grpc.max_receive_message_length", s.max_body),
+                ("grpc.max_concurrent_streams", s.max_streams),
             )
         )
         for service, methods in self._handlers().items():

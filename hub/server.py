@@ -32,7 +32,7 @@ def make_broker(settings: HubSettings) -> Broker:
         from cachewire.hub.brokers.redis import RedisBroker
 
         return RedisBroker(settings)
-    return MemoryBroker(settings.history)
+    return MemoryBroker(settings.history, history_bytes=settings.history_bytes)
 
 
 class Hub:

@@ -45,6 +45,7 @@ class HubSettings:
     heartbeat: float = 15.0
     subscribe_heartbeat: float = 1.0
     history: int = 100_000
+    history_bytes: int = 64 << 20
     sse_retry: int = 2000
     sse_event_query: str = "eventType"
     cors_origin: str = ""
@@ -54,6 +55,8 @@ class HubSettings:
     max_events: int = 1000
     subscribe_batch_bytes: int = 1 << 20
     queue_size: int = 10_000
+    max_topics: int = 100
+    max_streams: int = 100
     grace: float = 5.0
     broker: BrokerKind = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -137,6 +140,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("history", "--history", "events kept for resume", ("CACHEWIRE_HISTORY",), positive_int),
     Option(
+        "history_bytes",
+        "--history-bytes",
+        "bytes of events kept for resume (memory broker; the oldest leave first)",
+        ("CACHEWIRE_HISTORY_BYTES",),
+        positive_int,
+    ),
+    Option(
         "sse_retry",
         "--sse-retry",
         "SSE retry: value sent to clients, milliseconds",
@@ -196,6 +206,20 @@ OPTIONS: tuple[Option, ...] = (
         "--queue-size",
         "events a subscriber may fall behind before it is reset and dropped",
         ("CACHEWIRE_QUEUE_SIZE",),
+        positive_int,
+    ),
+    Option(
+        "max_topics",
+        "--max-topics",
+        "most topics in one subscription (SSE, gRPC Subscribe, Plasma Events)",
+        ("CACHEWIRE_MAX_TOPICS",),
+        positive_int,
+    ),
+    Option(
+        "max_streams",
+        "--max-streams",
+        "most concurrent gRPC streams on one connection",
+        ("CACHEWIRE_MAX_STREAMS",),
         positive_int,
     ),
     Option(

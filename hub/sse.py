@@ -211,13 +211,15 @@ def reset_frame(reason: str, detail: str, resume_from: str | None) -> bytes:
     return f"{id_line}data: {body}\n\n".encode()
 
 
-def topics_from_query(request: web.Request, query_name: str) -> frozenset[str]:
+def topics_from_query(
+    request: web.Request, query_name: str, limit: int | None = None
+) -> frozenset[str]:
     raw = request.query.get(query_name, "")
     if not raw:
         raise InvalidInput(
             f"query parameter {query_name!r} is required (e.g. ?{query_name}=program:1234)"
         )
-    return parse_topics(raw.split(","), "event type")
+    return parse_topics(raw.split(","), "event type", limit)
 
 
 def _last_event_id(request: web.Request) -> str | None:
@@ -230,7 +232,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     """Serve one SSE subscriber until it disconnects or the hub shuts down."""
     hub = request.app[HUB]
     fanout, settings, flusher = hub.fanout, hub.settings, hub.flusher
-    topics = topics_from_query(request, settings.sse_event_query)
+    topics = topics_from_query(request, settings.sse_event_query, settings.max_topics)
     last_id = _last_event_id(request)
 
     response = web.StreamResponse(

@@ -68,7 +68,7 @@ def make_slots(s: SidecarSettings, metrics: Metrics) -> list[Slot]:
         except ImportError as exc:
             raise ConfigError(f"--relay-port: the local relay is not available ({exc})") from None
         # The relay's app caches are always cleared on a gap: there is nothing to opt out of.
-        relay: Sink = RelaySink(s.relay_port, s.relay_history)
+        relay: Sink = RelaySink(s.relay_port, s.relay_history, history_bytes=s.relay_history_bytes)
         slots.append(Slot(relay, True))
     return slots
 
@@ -86,6 +86,7 @@ class Sidecar:
             batch_size=s.batch_size,
             batch_delay=s.batch_delay / 1000,
             max_pending=s.max_pending,
+            max_pending_bytes=s.max_pending_bytes,
             max_staleness=s.max_staleness,
             backoff_base=s.backoff_base,
             backoff_cap=s.backoff_cap,

@@ -58,12 +58,14 @@ class SidecarSettings:
     webhook_timeout: float = 5.0
     relay_port: int | None = None
     relay_history: int = 10_000
+    relay_history_bytes: int = 16 << 20
     health_host: str = "127.0.0.1"
     health_port: int = 8091
     max_staleness: float = 5.0
     batch_delay: float = 2.0  # milliseconds
     batch_size: int = 500
     max_pending: int = 100_000
+    max_pending_bytes: int = 8 << 20
     max_message_bytes: int = 4 << 20
     backoff_base: float = 0.1
     backoff_cap: float = 5.0
@@ -233,6 +235,12 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "relay_history", "--relay-history", "events the local relay keeps for resume", positive_int
     ),
+    Option(
+        "relay_history_bytes",
+        "--relay-history-bytes",
+        "bytes of events the local relay keeps for resume (and queues per app stream)",
+        positive_int,
+    ),
     Option("health_host", "--health-host", "address of the health, metrics and status port"),
     Option("health_port", "--health-port", "port of /healthz, /readyz, /metrics, /v1/*", port),
     Option(
@@ -254,6 +262,12 @@ OPTIONS: tuple[Option, ...] = (
         "max_pending",
         "--max-pending",
         "invalidations kept per failing sink; past it the sink is flushed when back",
+        positive_int,
+    ),
+    Option(
+        "max_pending_bytes",
+        "--max-pending-bytes",
+        "bytes of invalidations kept per failing sink; past it as past --max-pending",
         positive_int,
     ),
     Option(

@@ -111,7 +111,7 @@ class Worker:
         slot.busy = False
         members = {id(item) for item in batch}
         while slot.pending and id(slot.pending[0]) in members:
-            slot.pending.popleft()
+            slot.pop_oldest()
         for item in reversed(batch):
             if item.pos is not None:
                 slot.applied = item.pos
