@@ -57,6 +57,10 @@ class HubSettings:
     queue_size: int = 10_000
     max_topics: int = 100
     max_streams: int = 100
+    header_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    max_connections: int = 10_000
+    max_connections_per_client: int = 1_000
     grace: float = 5.0
     broker: BrokerKind = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -220,6 +224,35 @@ OPTIONS: tuple[Option, ...] = (
         "--max-streams",
         "most concurrent gRPC streams on one connection",
         ("CACHEWIRE_MAX_STREAMS",),
+        positive_int,
+    ),
+    Option(
+        "header_timeout",
+        "--header-timeout",
+        "seconds a new connection has to send a complete request header (HTTP), or to "
+        "finish its handshake (gRPC)",
+        ("CACHEWIRE_HEADER_TIMEOUT",),
+        seconds,
+    ),
+    Option(
+        "idle_timeout",
+        "--idle-timeout",
+        "seconds an HTTP keep-alive connection, or a gRPC connection without a call, may idle",
+        ("CACHEWIRE_IDLE_TIMEOUT",),
+        seconds,
+    ),
+    Option(
+        "max_connections",
+        "--max-connections",
+        "most open HTTP connections (SSE streams included); more are closed at once",
+        ("CACHEWIRE_MAX_CONNECTIONS",),
+        positive_int,
+    ),
+    Option(
+        "max_connections_per_client",
+        "--max-connections-per-client",
+        "most open HTTP connections from one client address",
+        ("CACHEWIRE_MAX_CONNECTIONS_PER_CLIENT",),
         positive_int,
     ),
     Option(
