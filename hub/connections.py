@@ -4,8 +4,9 @@ address), and a deadline for a new connection's first request header (Slowloris)
 `GuardedSite` is aiohttp's `TCPSite` whose protocol factory wraps each connection's
 `RequestHandler` in a `Guard`: the guard counts the connection, closes it at once past a
 cap, and closes it when no complete request header (`\\r\\n\\r\\n`) has arrived within
-`header_timeout`. Idle keep-alive connections between requests are aiohttp's own
-`keepalive_timeout` (the hub passes `--idle-timeout`). Each closing logs one line.
+`header_timeout`. Requests aiohttp cannot parse get JSON errors (`JsonErrors`). Idle
+keep-alive connections between requests are aiohttp's own `keepalive_timeout` (the hub
+passes `--idle-timeout`). Each closing logs one line.
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ import asyncio
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 log = logging.getLogger("cachewire.hub.connections")
 
 END_OF_HEADER = b"\r\n\r\n"
+MAX_LINE = 8190  # aiohttp's limit on the request line and on one header line
 MESSAGES = {
     "max_connections": (503, "too many open connections to the hub (--max-connections)"),
     "max_connections_per_client": (
@@ -72,6 +76,39 @@ class Limits:
             del self.by_client[client]
 
 
+class JsonErrors(RequestHandler):
+    """aiohttp's request handler, whose protocol errors (a request line or header over
+    aiohttp's limits, a malformed request) answer JSON like every other error:
+    414 for a request line too long, 431 for headers too large or too many, else 400."""
+
+    first_line_seen = False  # set by the Guard once the request line has ended
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status != 400 or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        text = str(getattr(exc, "message", "") or message or "bad request")
+        if isinstance(exc, LineTooLong):
+            if self.first_line_seen:
+                status, text = 431, f"a request header is longer than {MAX_LINE} bytes"
+            else:
+                status, text = 414, f"the request line is longer than {MAX_LINE} bytes"
+        elif "too many headers" in text.lower():
+            status, text = 431, "too many request headers"
+        log.info(
+            "request rejected",
+            extra={"status": status, "error": text, "peer": request.remote},
+        )
+        response = web.json_response({"error": text, "status": status}, status=status)
+        response.force_close()
+        return response
+
+
 class Guard(asyncio.Protocol):
     """Wraps one connection's aiohttp protocol; everything is passed on to it."""
 
@@ -80,6 +117,7 @@ class Guard(asyncio.Protocol):
         self._limits = limits
         self._client = ""
         self._admitted = False
+        self._before_newline = 0  # bytes of the first request line so far; -1 once ended
         self._tail = b""  # the last bytes seen, to find a header end split across reads
         self._deadline: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport | None = None
@@ -121,6 +159,14 @@ class Guard(asyncio.Protocol):
             self._transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._before_newline >= 0:  # still in the first request line
+            end = data.find(b"\n")
+            if end < 0:
+                self._before_newline += len(data)
+            else:
+                # The request line ended: within aiohttp's limit, a later error is a header's.
+                self._inner.first_line_seen = self._before_newline + end <= MAX_LINE + 1
+                self._before_newline = -1
         if self._deadline is not None:
             seen = self._tail + data
             if END_OF_HEADER in seen:
@@ -165,6 +211,10 @@ class GuardedSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
         limits = self.limits
-        factory: Callable[[], asyncio.Protocol] = lambda: Guard(server(), limits)  # noqa: E731
+        kwargs = server._kwargs  # what Server() passes its RequestHandlers
+
+        def factory() -> asyncio.Protocol:
+            return Guard(JsonErrors(server, loop=loop, **kwargs), limits)
+
         self._server = await loop.create_server(factory, self._host, self._port)
         self._bound_port = self._server.sockets[0].getsockname()[1]

@@ -146,8 +146,17 @@ def _topics(text: str) -> tuple[str, ...]:
 
 
 def _redis_url(text: str) -> str:
+    """A URL redis-py can use, with a database number that is one (redis-py ignores
+    `/abc` and would guard database 0 instead)."""
     if text and not text.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("must start with redis://, rediss:// or unix://")
+    if text.startswith(("redis://", "rediss://")):
+        from redis.connection import parse_url  # here: redis-py loads only when needed
+
+        parse_url(text)  # type: ignore[no-untyped-call]  # ValueError: a bad port or option
+        db = urlsplit(text).path.strip("/")
+        if db and not (db.isascii() and db.isdigit() and len(db) <= 5):
+            raise ValueError(f"the database number {db[:20]!r} is not a number")
     return text
 
 

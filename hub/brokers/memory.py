@@ -82,12 +82,16 @@ class MemoryBroker:
         if parts is None or not _SEQ.fullmatch(parts[1]):
             return Replay(reset="unknown_id", detail=f"malformed event id {after_id[:80]!r}")
         if parts[0] != self.epoch:
-            return Replay(reset="epoch_changed", detail=f"epoch {parts[0]!r} is not {self.epoch!r}")
+            return Replay(
+                reset="epoch_changed", detail=f"epoch {parts[0][:80]!r} is not {self.epoch!r}"
+            )
         seq = int(parts[1])
         if seq > self._head:
-            return Replay(reset="unknown_id", detail=f"event id {after_id!r} is in the future")
+            return Replay(reset="unknown_id", detail=f"event id {after_id[:80]!r} is in the future")
         if seq < self._oldest() - 1:
-            return Replay(reset="history_expired", detail=f"event id {after_id!r} left history")
+            return Replay(
+                reset="history_expired", detail=f"event id {after_id[:80]!r} left history"
+            )
         events = [self._ring[s % self._cap] for s in range(seq + 1, self._head + 1)]
         return Replay(events=[e for e in events if e is not None])
 

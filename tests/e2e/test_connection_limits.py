@@ -92,3 +92,22 @@ def test_a_grpc_connection_without_a_handshake_is_closed(
         started = time.monotonic()
         read_until_closed(sock)
         assert time.monotonic() - started < WAIT
+
+
+def test_oversized_request_lines_and_headers_answer_json(
+    hub_process: Callable[..., Proc],
+) -> None:
+    """414 for a URL over aiohttp's line limit, 431 for a long header or too many."""
+    hub = hub_process(grpc=False)
+    cases = [
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 431),
+        (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(200)) + b"\r\n", 431),
+    ]
+    for request, status in cases:
+        with connect(hub.ports["http"]) as sock:
+            sock.sendall(request)
+            data = read_until_closed(sock)
+        assert b"application/json" in data
+        assert json_error(data)[0] == status, data[:200]
+    assert "Traceback" not in hub.log()

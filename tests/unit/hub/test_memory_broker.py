@@ -138,3 +138,10 @@ async def test_history_is_bounded_by_bytes_too_the_newest_always_kept() -> None:
     assert [e.id for e in kept.events] == [e.id for e in events[-broker.history_size() :]]
     huge = await broker.publish([Draft("a", '"' + "y" * 100_000 + '"')])
     assert broker.history_size() == 1 and (await broker.replay(events[-1].id)).events == huge
+
+
+async def test_reset_details_truncate_a_long_epoch_or_id() -> None:
+    broker = MemoryBroker(10)
+    for bad in ("e" * 8000 + "-1", broker.epoch + "-" + "9" * 18):
+        detail = (await broker.replay(bad)).detail
+        assert len(detail) < 200, detail

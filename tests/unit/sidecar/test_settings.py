@@ -139,3 +139,17 @@ def test_every_option_has_a_field_and_a_table_row() -> None:
     table = settings_table()
     for opt in OPTIONS:
         assert opt.env in table
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://:hunter2@127.0.0.1:6379/abc", "the database number 'abc' is not a number"),
+        ("redis://u:hunter2@127.0.0.1:notaport/0", "--redis-url="),
+    ],
+)
+def test_a_bad_redis_url_fails_at_start_without_its_password(url: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse([*BASE, "--redis-url", url, "--redis-flush", "db"], env={})
+    assert message in str(err.value)
+    assert "hunter2" not in str(err.value) and ":***@" in str(err.value)
