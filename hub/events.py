@@ -7,14 +7,13 @@ assigning ids (stream positions) in order. Validation is shared by every publish
 
 from __future__ import annotations
 
-import json
-import math
 import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cachewire.common import wirejson
 from cachewire.hub.errors import InvalidInput, TooLarge
 
 MAX_TYPE_BYTES = 256
@@ -121,39 +120,24 @@ def as_chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    """1e999 is valid JSON syntax but no finite number: Python reads it as inf, which no
-    JSON encoder may write back (browsers' JSON.parse would read `Infinity` as an error)."""
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"the number {text[:40]} is out of range")
-    return value
+_dumps = wirejson.dumps
 
 
 def parse_json(text: str | bytes, what: str = "the body") -> Any:
     """Strict JSON: no NaN/Infinity, no number beyond a double's range (browsers'
     JSON.parse rejects them), bounded nesting."""
     try:
-        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        return wirejson.loads(text)
     except RecursionError:
         raise InvalidInput(f"{what} is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"{what} is not valid JSON ({exc})") from None
 
 
-def _encodable(text: str, what: str) -> int:
-    """JSON admits lone surrogates ("\\ud800"); UTF-8, and so every wire, does not.
-    Returns the length in UTF-8 bytes."""
+def _encodable(text: str, what: str) -> None:
+    """JSON admits lone surrogates ("\\ud800"); UTF-8, and so every wire, does not."""
     try:
-        return len(text.encode())
+        text.encode()
     except UnicodeEncodeError:
         raise InvalidInput(f"{what} is not valid Unicode (lone surrogate)") from None
 
@@ -180,12 +164,13 @@ def validate_topic(topic: Any, what: str = "type") -> str:
         raise InvalidInput(f"{what} must be a string")
     if not topic:
         raise InvalidInput(f"{what} must not be empty")
-    _encodable(topic, what)
-    if len(topic.encode()) > MAX_TYPE_BYTES:
-        raise InvalidInput(f"{what} is longer than {MAX_TYPE_BYTES} bytes")
+    if len(topic) > MAX_TYPE_BYTES // 4 or not topic.isascii():  # else: ASCII and short
+        _encodable(topic, what)
+        if len(topic.encode()) > MAX_TYPE_BYTES:
+            raise InvalidInput(f"{what} is longer than {MAX_TYPE_BYTES} bytes")
     if _CONTROL.search(topic):
         raise InvalidInput(f"{what} contains a control character")
-    if "" in topic.split(":"):
+    if topic[0] == ":" or topic[-1] == ":" or "::" in topic:
         raise InvalidInput(f"{what} {topic!r} has an empty segment")
     return topic
 
@@ -216,15 +201,21 @@ def _string_list(value: Any, name: str, limit: int) -> tuple[str, ...]:
         raise InvalidInput(f"{name} must be a list of strings")
     if len(value) > limit:
         raise TooLarge(f"{name} has {len(value)} entries, more than the limit of {limit}")
-    if any(not v for v in value):
+    if not all(value):
         raise InvalidInput(f"{name} must not contain an empty string")
-    _encodable("".join(value), name)
+    joined = "".join(value)
+    if not joined.isascii():
+        _encodable(joined, name)
     return tuple(value)
 
 
 def _list_bytes(values: tuple[str, ...]) -> int:
-    """UTF-8 bytes of a list on the wire: each item with a few bytes of framing."""
-    return sum(len(v.encode()) + EVENT_FIELD_OVERHEAD for v in values) if values else 0
+    """UTF-8 bytes of a list on the wire: each item with its framing."""
+    if not values:
+        return 0
+    joined = "".join(values)
+    text = len(joined) if joined.isascii() else len(joined.encode("utf-8", "surrogatepass"))
+    return text + EVENT_FIELD_OVERHEAD * len(values)
 
 
 def make_draft(
@@ -251,7 +242,11 @@ def make_draft(
         raise TooLarge(f"keys and prefixes together exceed the limit of {max_keys}")
     if not isinstance(flush, bool):
         raise InvalidInput("flush must be a boolean")
-    data_bytes = _encodable(data_json, "data")
+    if data_json.isascii():
+        data_bytes = len(data_json)
+    else:
+        _encodable(data_json, "data")
+        data_bytes = len(data_json.encode())
     if max_bytes is not None:
         size = event_bytes(type, data_bytes, keys_t, prefixes_t)
         size += len(traceparent) + min(len(tracestate), 512)
@@ -265,6 +260,46 @@ def make_draft(
     return Draft(type, data_json, keys_t, prefixes_t, flush, traceparent, tracestate[:512])
 
 
+_FIELDS = frozenset(("type", "data", "keys", "prefixes", "flush"))
+
+
+def draft_from_item(
+    item: Any,
+    *,
+    max_keys: int,
+    traceparent: str = "",
+    tracestate: str = "",
+    max_bytes: int | None = None,
+    max_prefixes: int | None = None,
+) -> Draft:
+    """One event object of a publish body (JSON or NDJSON) → a draft, or InvalidInput."""
+    if not isinstance(item, dict):
+        raise InvalidInput("an event must be a JSON object")
+    if not item.keys() <= _FIELDS:
+        unknown = set(item) - _FIELDS
+        raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+    if "type" not in item:
+        raise InvalidInput("type is required")
+    try:
+        data_json = _dumps(item.get("data"))
+    except RecursionError:
+        raise InvalidInput("data is nested too deeply") from None
+    except ValueError as exc:  # a non-finite number, should one get this far
+        raise InvalidInput(f"data is not JSON ({exc})") from None
+    return make_draft(
+        type=item["type"],
+        data_json=data_json,
+        keys=item.get("keys"),
+        prefixes=item.get("prefixes"),
+        flush=item.get("flush", False),
+        traceparent=traceparent,
+        tracestate=tracestate,
+        max_keys=max_keys,
+        max_bytes=max_bytes,
+        max_prefixes=max_prefixes,
+    )
+
+
 def drafts_from_json(
     body: Any,
     *,
@@ -276,43 +311,66 @@ def drafts_from_json(
     max_events: int | None = None,
 ) -> list[Draft]:
     """An HTTP publish body (one object or an array of them) → drafts, or InvalidInput."""
-    items = body if isinstance(body, list) else [body]
-    if not items:
+
+    def one(item: Any) -> Draft:
+        return draft_from_item(
+            item,
+            max_keys=max_keys,
+            traceparent=traceparent,
+            tracestate=tracestate,
+            max_bytes=max_bytes,
+            max_prefixes=max_prefixes,
+        )
+
+    if not isinstance(body, list):  # the common case: one event, no error prefix
+        return [one(body)]
+    if not body:
         raise InvalidInput("the event array is empty")
-    check_count(len(items), max_events)
+    check_count(len(body), max_events)
     drafts = []
-    for i, item in enumerate(items):
-        where = f"event {i}: " if isinstance(body, list) else ""
+    for i, item in enumerate(body):
         try:
-            if not isinstance(item, dict):
-                raise InvalidInput("an event must be a JSON object")
-            unknown = set(item) - {"type", "data", "keys", "prefixes", "flush"}
-            if unknown:
-                raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
-            if "type" not in item:
-                raise InvalidInput("type is required")
-            try:
-                data_json = _dumps(item.get("data"))
-            except RecursionError:
-                raise InvalidInput("data is nested too deeply") from None
-            except ValueError as exc:  # a non-finite number, should one get this far
-                raise InvalidInput(f"data is not JSON ({exc})") from None
+            drafts.append(one(item))
+        except InvalidInput as exc:
+            raise type(exc)(f"event {i}: {exc}") from None
+    return drafts
+
+
+def drafts_from_ndjson(
+    body: bytes,
+    *,
+    max_keys: int,
+    traceparent: str = "",
+    tracestate: str = "",
+    max_bytes: int | None = None,
+    max_prefixes: int | None = None,
+    max_events: int | None = None,
+) -> list[Draft]:
+    """An NDJSON publish body (one event object a line; blank lines skipped) → drafts.
+
+    All or nothing, like an array: InvalidInput names the first bad line (counted from 1).
+    """
+    drafts = []
+    for number, line in enumerate(body.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            item = parse_json(line, "the line")
             drafts.append(
-                make_draft(
-                    type=item["type"],
-                    data_json=data_json,
-                    keys=item.get("keys"),
-                    prefixes=item.get("prefixes"),
-                    flush=item.get("flush", False),
+                draft_from_item(
+                    item,
+                    max_keys=max_keys,
                     traceparent=traceparent,
                     tracestate=tracestate,
-                    max_keys=max_keys,
                     max_bytes=max_bytes,
                     max_prefixes=max_prefixes,
                 )
             )
         except InvalidInput as exc:
-            raise type(exc)(where + str(exc)) from None
+            raise type(exc)(f"line {number}: {exc}") from None
+        check_count(len(drafts), max_events)
+    if not drafts:
+        raise InvalidInput("the NDJSON body has no event")
     return drafts
 
 
@@ -324,12 +382,26 @@ def check_count(events: int, max_events: int | None) -> None:
         )
 
 
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def idempotency_key(raw: str) -> str:
+    """A publish's idempotency key: 1 to 255 visible ASCII characters ("" when none)."""
+    if raw and (
+        len(raw) > MAX_IDEMPOTENCY_KEY or not raw.isascii() or not raw.isprintable() or " " in raw
+    ):
+        raise InvalidInput(
+            f"the idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+        )
+    return raw
+
+
 def data_json_from_text(text: str) -> str:
     """gRPC publishers send data as JSON text; empty means null."""
     if not text:
         return "null"
     try:
-        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        value = wirejson.loads(text)
         return _dumps(value)
     except RecursionError:
         raise InvalidInput("data is nested too deeply") from None

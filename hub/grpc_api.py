@@ -26,6 +26,7 @@ from cachewire.hub.events import (
     Event,
     check_count,
     data_json_from_text,
+    idempotency_key,
     make_draft,
     parse_topics,
 )
@@ -361,12 +362,43 @@ class HubService:
         self, request: hub_pb2.PublishRequest, context: Any
     ) -> hub_pb2.PublishResponse:
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-        s = self._hub.settings
+        return await self._publish(request, metadata)
+
+    async def PublishStream(
+        self, requests: AsyncIterator[hub_pb2.PublishRequest], context: Any
+    ) -> None:
+        """Each request stored and answered in turn, so the answers come in request order.
+        The first error ends the stream, naming the request by its index."""
+        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        index = 0
+        async for request in requests:
+            try:
+                response = await self._publish(request, metadata)
+            except HubError as exc:
+                raise type(exc)(f"request {index}: {exc}") from None
+            if not await write(context, response.SerializeToString()):
+                return
+            index += 1
+
+    async def _publish(
+        self, request: hub_pb2.PublishRequest, metadata: dict[str, str]
+    ) -> hub_pb2.PublishResponse:
+        """What Publish and PublishStream share: validation (as HTTP's), the idempotency
+        key, one append per request."""
+        settings = self._hub.settings
         drafts = drafts_from_request(
-            request, metadata, s.max_keys, s.max_body, s.max_prefixes, s.max_events
+            request,
+            metadata,
+            settings.max_keys,
+            settings.max_body,
+            settings.max_prefixes,
+            settings.max_events,
         )
-        events = await telemetry.publish(self._hub.broker, drafts, "grpc", metadata)
-        return hub_pb2.PublishResponse(ids=[e.id for e in events])
+        key = idempotency_key(request.idempotency_key)
+        ids = await telemetry.publish_ids(
+            self._hub.broker, drafts, "grpc", metadata, key, settings.idempotency_window
+        )
+        return hub_pb2.PublishResponse(ids=ids)
 
     async def Subscribe(self, request: hub_pb2.SubscribeRequest, context: Any) -> None:
         topics = parse_topics(list(request.topics), limit=self._hub.settings.max_topics)

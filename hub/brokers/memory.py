@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from cachewire.hub.brokers.base import Dispatch, OnReset, Replay, split_id
 from cachewire.hub.events import Draft, Event, Position
+from cachewire.hub.idempotency import Remembered, check_count
 
 # ASCII digits only ("²".isdigit() is true) and short enough for int() (Plasma's ids are
 # bare counters such as "42": they have no epoch and so never parse as ours).
@@ -34,6 +35,7 @@ class MemoryBroker:
         self.bytes = 0  # Event.memory_bytes of the events kept
         self.evicted_for_bytes = 0
         self._dispatch: Dispatch | None = None
+        self._keys = Remembered()
 
     async def start(self, dispatch: Dispatch, on_reset: OnReset | None = None) -> None:
         """`on_reset` is never called: the epoch lasts as long as the process."""
@@ -67,6 +69,17 @@ class MemoryBroker:
             self.bytes -= old.memory_bytes()
             self._ring[slot] = None
         self._first += 1
+
+    async def publish_once(
+        self, drafts: Sequence[Draft], key: str, window: float
+    ) -> tuple[list[str], bool]:
+        """Check and append in one step of the loop (`publish` never yields): atomic."""
+        seen = self._keys.get(key)
+        if seen is not None:
+            return check_count(key, seen, len(drafts)), False
+        ids = [e.id for e in await self.publish(drafts)]
+        self._keys.put(key, ids, window)
+        return ids, True
 
     def _oldest(self) -> int:
         return self._first

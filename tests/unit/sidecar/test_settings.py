@@ -41,12 +41,12 @@ def test_boolean_flags_and_variables() -> None:
     assert s.redis_flush == "off" and s.sink_names() == ["memcached", "redis"]
 
 
-def test_redis_flush_needs_the_allowed_prefixes_or_an_explicit_db() -> None:
-    """--redis-flush=true (the default) deletes the app's prefixes, so it needs them;
-    FLUSHDB only when chosen; the old --no-redis-flush still turns it off."""
+def test_redis_flush_modes_and_the_allowed_prefixes() -> None:
+    """--redis-flush=true (the default) deletes the allowed prefixes; FLUSHDB only when
+    chosen (or, with a warning at start, when no prefixes are given); the old
+    --no-redis-flush still turns it off."""
     url = ["--redis-url", "redis://h/0"]
-    with pytest.raises(ConfigError, match="give them with --allow-prefixes"):
-        parse([*BASE, *url], env={})
+    assert parse([*BASE, *url], env={}).redis_flush == "prefixes"
     s = parse([*BASE, *url, "--allow-prefixes", "app:cache:, app:v2:"], env={})
     assert s.redis_flush == "prefixes" and s.allowed("redis") == ("app:cache:", "app:v2:")
     s = parse([*BASE, *url, "--allow-prefixes", "a:", "--redis-allow-prefixes", "r:"], env={})
