@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cachewire.hub import telemetry
+from cachewire.hub.auth.transport import grpc_credentials
 from cachewire.hub.brokers.base import ResetReason
 from cachewire.hub.errors import HubError, InvalidInput, Unavailable
 from cachewire.hub.events import Draft, Event, data_json_from_text, make_draft, parse_topics
@@ -314,6 +315,8 @@ class HubService:
     ) -> hub_pb2.PublishResponse:
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         drafts = drafts_from_request(request, metadata, self._hub.settings.max_keys)
+        if self._hub.auth is not None:
+            await self._hub.auth.check_publish(grpc_credentials(metadata.items()), drafts)
         events = await telemetry.publish(self._hub.broker, drafts, "grpc", metadata)
         return hub_pb2.PublishResponse(ids=[e.id for e in events])
 
@@ -321,8 +324,15 @@ class HubService:
         topics = parse_topics(list(request.topics))
         if self._hub.stopping:
             raise Unavailable(SHUTTING_DOWN)
+        auth = self._hub.auth
+        if auth is not None:
+            credentials = grpc_credentials(context.invocation_metadata())
+            principal = await auth.check_subscribe(credentials, topics)
         fanout = self._hub.fanout
         sink = SubscribeSink(self._hub.settings.queue_size, self._encode)
+        # An expired credential or a revoked grant ends the stream UNAUTHENTICATED or
+        # PERMISSION_DENIED, after what is queued; the client resumes with resume_from.
+        watch = None if auth is None else auth.watch(principal, topics, sink.outbox.finish)
         peer, started = context.peer(), time.monotonic()
         log.info(
             "grpc subscribe opened",
@@ -340,6 +350,8 @@ class HubService:
         finally:
             if sub is not None:
                 fanout.unsubscribe(sub)
+            if auth is not None and watch is not None:
+                auth.unwatch(watch)
             self._streams.discard(sink.outbox)
             log.info(
                 "grpc subscribe closed",

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from cachewire.hub.errors import HubError, Unavailable
+from cachewire.hub.errors import Denied, HubError, Unavailable
 from cachewire.hub.grpc_api import SHUTTING_DOWN, HubService, Outbox
 from cachewire.hub.grpc_plasma import StreamService
 from cachewire.v1 import hub_pb2, plasma_pb2
@@ -50,8 +50,10 @@ SERVER_OPTIONS = (
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-async def _abort(context: Any, exc: Exception) -> None:
+async def _abort(context: Any, exc: Exception, hub: Hub | None = None) -> None:
     """The one place where exceptions become gRPC statuses; clients never see a trace."""
+    if isinstance(exc, Denied) and hub is not None and hub.auth is not None:
+        hub.auth.note(exc, "grpc", context.peer())
     if isinstance(exc, HubError):
         await context.abort(exc.grpc_code, str(exc))
     log.error("unhandled error in a gRPC method", exc_info=exc)
@@ -61,7 +63,8 @@ async def _abort(context: Any, exc: Exception) -> None:
 class Calls:
     """Wraps servicer methods: maps their errors, and counts the calls in progress."""
 
-    def __init__(self) -> None:
+    def __init__(self, hub: Hub | None = None) -> None:
+        self._hub = hub
         self.active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -74,7 +77,7 @@ class Calls:
             try:
                 return await method(request, context)
             except Exception as exc:
-                await _abort(context, exc)
+                await _abort(context, exc, self._hub)
             finally:
                 self.active -= 1
                 if not self.active:
@@ -113,7 +116,7 @@ class GrpcServer:
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
         self._streams: set[Outbox] = set()
-        self._calls = Calls()
+        self._calls = Calls(hub)
         self._health = Health(lambda: hub.broker.ready() and not hub.stopping)
         self._server: Any = None
         self._poll: asyncio.Task[None] | None = None

@@ -1,4 +1,9 @@
-"""HTTP endpoints other than SSE: publish, health, metrics; and the JSON error mapping."""
+"""HTTP endpoints other than SSE: publish, tickets, health, metrics; the JSON error mapping.
+
+Cross-site safety, in every auth mode: publish and ticket requests carry a JSON (or NDJSON)
+body, so a browser must preflight them (415 otherwise), and a browser's request from an
+origin not listed in --cors-origin is refused (403) even when the preflight was skipped.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,16 @@ from aiohttp import web
 
 from cachewire.common.telemetry import exposition
 from cachewire.hub import sse, telemetry
-from cachewire.hub.errors import HubError, TooLarge
-from cachewire.hub.events import drafts_from_json, parse_json
+from cachewire.hub.auth.transport import http_credentials
+from cachewire.hub.errors import (
+    CrossSite,
+    Denied,
+    HubError,
+    InvalidInput,
+    TooLarge,
+    UnsupportedMedia,
+)
+from cachewire.hub.events import drafts_from_json, parse_json, parse_topics
 
 if TYPE_CHECKING:
     from cachewire.hub.server import Hub
@@ -20,12 +33,18 @@ log = logging.getLogger("cachewire.hub.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# Bodies a publish (or ticket) request may have: none of them is one a cross-site <form>
+# or a "simple" fetch can send without a CORS preflight.
+BODY_TYPES = frozenset({"application/json", "application/x-ndjson"})
+
 
 def error_response(status: int, message: str) -> web.Response:
     return web.json_response({"error": message, "status": status}, status=status)
 
 
-def _rejected(request: web.Request, status: int, message: str) -> web.Response:
+def _rejected(
+    request: web.Request, status: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
     """A 4xx/5xx the client caused or must retry: one log line, a JSON body."""
     log.info(
         "request rejected",
@@ -37,7 +56,11 @@ def _rejected(request: web.Request, status: int, message: str) -> web.Response:
             "peer": request.remote,
         },
     )
-    return error_response(status, message)
+    response = error_response(status, message)
+    response.headers.update(cors_headers(request))
+    if headers:
+        response.headers.update(headers)
+    return response
 
 
 @web.middleware
@@ -45,6 +68,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     """Every error leaves as JSON; no traceback ever reaches a client."""
     try:
         return await handler(request)
+    except Denied as exc:
+        hub = request.app[sse.HUB]
+        if hub.auth is not None:
+            hub.auth.note(exc, "http", request.remote)
+        headers = {"WWW-Authenticate": exc.challenge}
+        return _rejected(request, exc.http_status, str(exc), headers)
     except HubError as exc:
         return _rejected(request, exc.http_status, str(exc))
     except web.HTTPRequestEntityTooLarge:
@@ -61,9 +90,34 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(500, "internal error")
 
 
+def cors_headers(request: web.Request) -> dict[str, str]:
+    """CORS response headers for a browser's request from an origin listed explicitly."""
+    origin = request.headers.get("Origin")
+    if origin is None or origin not in request.app[sse.HUB].settings.cors_origins:
+        return {}
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Credentials": "true",
+        "Vary": "Origin",
+    }
+
+
+def check_cross_site(request: web.Request) -> None:
+    """Refuse a body a browser sends cross-site without preflight, and foreign origins."""
+    if request.content_type not in BODY_TYPES:
+        raise UnsupportedMedia(
+            f"Content-Type must be application/json or application/x-ndjson, "
+            f"not {request.content_type}"
+        )
+    origin = request.headers.get("Origin")
+    if origin is not None and origin not in request.app[sse.HUB].settings.cors_origins:
+        raise CrossSite(f"requests from origin {origin!r} are not allowed (see --cors-origin)")
+
+
 async def publish(request: web.Request) -> web.Response:
     hub = request.app[sse.HUB]
     settings, broker = hub.settings, hub.broker
+    check_cross_site(request)
     if request.content_length is not None and request.content_length > settings.max_body:
         raise TooLarge(f"request body is larger than the limit of {settings.max_body} bytes")
     body = parse_json(await request.read())
@@ -73,8 +127,43 @@ async def publish(request: web.Request) -> web.Response:
         traceparent=request.headers.get("traceparent", ""),
         tracestate=request.headers.get("tracestate", ""),
     )
+    if hub.auth is not None:
+        await hub.auth.check_publish(http_credentials(request), drafts)
     events = await telemetry.publish(broker, drafts)
-    return web.json_response({"ids": [e.id for e in events]})
+    return web.json_response({"ids": [e.id for e in events]}, headers=cors_headers(request))
+
+
+async def ticket(request: web.Request) -> web.Response:
+    """POST /v1/tickets {"types": [...]} → {"ticket": "...", "expires_in": 60}."""
+    hub = request.app[sse.HUB]
+    check_cross_site(request)
+    if hub.auth is None:
+        raise web.HTTPNotFound(reason="tickets exist only with --auth protected")
+    body = parse_json(await request.read())
+    if not isinstance(body, dict) or not isinstance(body.get("types"), list):
+        raise InvalidInput('the body must be {"types": ["type", ...]}')
+    types = parse_topics(body["types"], "type")
+    value = await hub.auth.issue_ticket(http_credentials(request), types)
+    return web.json_response(
+        {"ticket": value, "expires_in": round(hub.auth.tickets.ttl)},
+        headers={"Cache-Control": "no-store", **cors_headers(request)},
+    )
+
+
+async def preflight(request: web.Request) -> web.Response:
+    """CORS preflight of publish and tickets: allowed for origins listed in --cors-origin."""
+    headers = cors_headers(request)
+    if not headers:
+        raise CrossSite(
+            f"requests from origin {request.headers.get('Origin')!r} are not allowed "
+            "(see --cors-origin)"
+        )
+    headers |= {
+        "Access-Control-Allow-Methods": "POST",
+        "Access-Control-Allow-Headers": "Authorization, Content-Type, X-API-Key, traceparent",
+        "Access-Control-Max-Age": "600",
+    }
+    return web.Response(status=204, headers=headers)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -121,20 +210,30 @@ async def plasma_metrics(request: web.Request) -> web.Response:
 
 async def any_path(request: web.Request) -> web.StreamResponse:
     """Plasma serves SSE on any path when the client accepts text/event-stream."""
-    if request.path == "/v1/publish":  # one of ours, POST only: never a subscription
+    if request.path in ("/v1/publish", "/v1/tickets"):  # ours, POST only: no subscription
         raise web.HTTPMethodNotAllowed(request.method, ["POST"])
     if "text/event-stream" in request.headers.get("Accept", ""):
         return await sse.handle(request)
     raise web.HTTPNotFound(reason=f"no endpoint at {request.path}")
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application, *, with_metrics: bool) -> None:
+    """The HTTP port's routes; `with_metrics` False when only the admin port serves them."""
     app.router.add_get("/", sse.handle)
     app.router.add_get("/events", sse.handle)
     app.router.add_post("/v1/publish", publish)
+    app.router.add_post("/v1/tickets", ticket)
+    app.router.add_route("OPTIONS", "/v1/publish", preflight)
+    app.router.add_route("OPTIONS", "/v1/tickets", preflight)
     app.router.add_get("/hc", plasma_hc)
     app.router.add_get("/healthz", health)
     app.router.add_get("/readyz", ready)
+    if with_metrics:
+        add_metrics_routes(app)
+    app.router.add_get("/{tail:.*}", any_path)
+
+
+def add_metrics_routes(app: web.Application) -> None:
+    """The operator's endpoints (also all the admin listener serves)."""
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/metrics/plasma", plasma_metrics)
-    app.router.add_get("/{tail:.*}", any_path)

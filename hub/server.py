@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from cachewire.hub import http_api, sse, telemetry
+from cachewire.hub.auth.service import Auth
 from cachewire.hub.brokers.base import Broker
 from cachewire.hub.brokers.memory import MemoryBroker
 from cachewire.hub.core import Fanout
@@ -25,6 +27,15 @@ if TYPE_CHECKING:
     from cachewire.hub.ingest import ChannelIngest
 
 log = logging.getLogger("cachewire.hub")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name, or "" (every interface)
 
 
 def make_broker(settings: HubSettings) -> Broker:
@@ -42,11 +53,15 @@ class Hub:
         self.fanout = Fanout(self.broker, self.settings.queue_size)
         self.registry = make_registry(self)
         self.flusher = sse.Flusher()
+        # None in `--auth off`: then no request does any auth work at all.
+        self.auth = Auth(self.settings) if self.settings.auth == "protected" else None
         self.stopping = False
         self.http_port = 0
         self.grpc_port: int | None = None
+        self.admin_port: int | None = None
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
+        self._admin: web.AppRunner | None = None
         self._grpc: GrpcServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ingest: ChannelIngest | None = None
@@ -57,7 +72,15 @@ class Hub:
             client_max_size=self.settings.max_body,
         )
         app[sse.HUB] = self
-        http_api.add_routes(app)
+        # Protected: the operator's endpoints only on the admin listener, never on the
+        # port an ingress routes. Off: on both, as Plasma serves them.
+        http_api.add_routes(app, with_metrics=self.auth is None)
+        return app
+
+    def make_admin_app(self) -> web.Application:
+        app = web.Application(middlewares=[http_api.errors_middleware])
+        app[sse.HUB] = self
+        http_api.add_metrics_routes(app)
         return app
 
     async def start(self) -> None:
@@ -68,6 +91,8 @@ class Hub:
         await self.broker.start(self.fanout.dispatch, self.fanout.reset_all)
         self.fanout.last_id = self.broker.head_id()
         self.fanout.last_pos = self.broker.position(self.fanout.last_id) or (0, 0)
+        if self.auth is not None:  # API keys read and JWKS fetched before the first request
+            await self.auth.start()
         # 2. HTTP: SSE, publish, health, metrics.
         self._runner = web.AppRunner(
             self.make_app(), handler_cancellation=True, shutdown_timeout=s.grace, access_log=None
@@ -78,6 +103,14 @@ class Hub:
         server = self._site._server
         assert isinstance(server, asyncio.base_events.Server)
         self.http_port = server.sockets[0].getsockname()[1]
+        if s.admin_port is not None:
+            self._admin = web.AppRunner(self.make_admin_app(), access_log=None)
+            await self._admin.setup()
+            admin_site = web.TCPSite(self._admin, s.admin_host, s.admin_port, reuse_port=False)
+            await admin_site.start()
+            admin_server = admin_site._server
+            assert isinstance(admin_server, asyncio.base_events.Server)
+            self.admin_port = admin_server.sockets[0].getsockname()[1]
         # 3. gRPC: Plasma's StreamService and cachewire's Hub service.
         if s.grpc_port is not None:
             from cachewire.hub.grpc_server import GrpcServer
@@ -93,6 +126,7 @@ class Hub:
         # 5. Heartbeats.
         self._tasks.append(asyncio.create_task(self._beat(s.heartbeat, ("sse",))))
         self._tasks.append(asyncio.create_task(self._beat(s.subscribe_heartbeat, ("grpc",))))
+        self._warn_about_exposure()
         log.info(
             "hub started",
             extra={
@@ -100,8 +134,25 @@ class Hub:
                 "http_port": self.http_port,
                 "grpc_port": self.grpc_port,
                 "broker": s.broker,
+                "auth": s.auth,
+                "admin_port": self.admin_port,
             },
         )
+
+    def _warn_about_exposure(self) -> None:
+        s = self.settings
+        if self.auth is None and not is_loopback(s.host):
+            log.warning(
+                "auth is off and the hub listens beyond loopback: anyone who reaches its "
+                "HTTP or gRPC port may publish, flush every cache and subscribe to every "
+                "type (see --auth protected, docs/security.md)",
+                extra={"host": s.host},
+            )
+        if self.auth is not None and self.admin_port is None:
+            log.warning(
+                "/metrics and /metrics/plasma are not served: with --auth protected they "
+                "are on the admin listener only, and --admin-port is off"
+            )
 
     async def _beat(self, interval: float, kinds: tuple[str, ...]) -> None:
         while True:
@@ -126,7 +177,11 @@ class Hub:
             draining.append(self._grpc.stop(grace))
         if self._runner is not None:
             draining.append(self._runner.cleanup())
+        if self._admin is not None:
+            draining.append(self._admin.cleanup())
         await asyncio.gather(*draining)
+        if self.auth is not None:
+            await self.auth.stop()
         # 4. Channel ingest, heartbeats, then the broker.
         if self._ingest is not None:
             await self._ingest.stop()

@@ -28,6 +28,7 @@ from cachewire.common.config import (
 )
 from cachewire.hub.errors import ConfigError
 
+AuthMode = Literal["off", "protected"]
 BrokerKind = Literal["memory", "redis"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -53,6 +54,20 @@ class HubSettings:
     redis_channels: tuple[str, ...] = ()
     ingest_lease: float = 5.0
     log_level: LogLevel = "info"
+    auth: AuthMode = "off"
+    public_types: tuple[str, ...] = ()
+    jwt_key: str = ""
+    jwt_jwks_url: str = ""
+    jwt_audience: str = "cachewire"
+    jwt_issuer: str = ""
+    api_keys_file: str = ""
+    admin_port: int | None = None
+    admin_host: str = "127.0.0.1"
+
+    @property
+    def cors_origins(self) -> tuple[str, ...]:
+        """`cors_origin` is a comma list of origins (or `*`)."""
+        return csv(self.cors_origin)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> HubSettings:
@@ -133,7 +148,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "cors_origin",
         "--cors-origin",
-        "Access-Control-Allow-Origin value (empty: none)",
+        "comma list of browser origins allowed (`*`: any, for SSE only); publish and "
+        "ticket requests from other origins are refused",
         ("CACHEWIRE_CORS_ORIGIN", "PLASMA_ORIGIN"),
     ),
     Option(
@@ -204,6 +220,63 @@ OPTIONS: tuple[Option, ...] = (
         "debug, info, warning or error",
         ("CACHEWIRE_LOG_LEVEL",),
         choice("debug", "info", "warning", "error"),
+    ),
+    Option(
+        "auth",
+        "--auth",
+        "off (anyone may publish and subscribe, as in Plasma) or protected (docs/security.md)",
+        ("CACHEWIRE_AUTH",),
+        choice("off", "protected"),
+    ),
+    Option(
+        "public_types",
+        "--public-types",
+        "protected: comma list of type patterns anyone may subscribe to",
+        ("CACHEWIRE_PUBLIC_TYPES",),
+        csv,
+    ),
+    Option(
+        "jwt_key",
+        "--jwt-key",
+        "protected: HS256 secret, or a PEM public key (RS/ES/EdDSA) or a path to one",
+        ("CACHEWIRE_JWT_KEY",),
+    ),
+    Option(
+        "jwt_jwks_url",
+        "--jwt-jwks-url",
+        "protected: URL of a JWKS to verify JWTs with (cached, refreshed)",
+        ("CACHEWIRE_JWT_JWKS_URL",),
+    ),
+    Option(
+        "jwt_audience",
+        "--jwt-audience",
+        "protected: the `aud` a JWT must carry",
+        ("CACHEWIRE_JWT_AUDIENCE",),
+    ),
+    Option(
+        "jwt_issuer",
+        "--jwt-issuer",
+        "protected: the `iss` a JWT must carry (empty: not checked)",
+        ("CACHEWIRE_JWT_ISSUER",),
+    ),
+    Option(
+        "api_keys_file",
+        "--api-keys-file",
+        "protected: TOML file of API-key hashes and their grants (reloaded on change)",
+        ("CACHEWIRE_API_KEYS_FILE",),
+    ),
+    Option(
+        "admin_port",
+        "--admin-port",
+        "admin listener for /metrics and /metrics/plasma (off: none)",
+        ("CACHEWIRE_ADMIN_PORT",),
+        optional_port,
+    ),
+    Option(
+        "admin_host",
+        "--admin-host",
+        "address of the admin listener",
+        ("CACHEWIRE_ADMIN_HOST",),
     ),
 )
 

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from cachewire.hub.auth.decide import ANONYMOUS
+from cachewire.hub.auth.transport import http_credentials
 from cachewire.hub.brokers.base import ResetReason
-from cachewire.hub.errors import HubError, InvalidInput
+from cachewire.hub.errors import Denied, HubError, InvalidInput
 from cachewire.hub.events import RESET_TYPE, Event, as_chunk, parse_topics
 
 if TYPE_CHECKING:
@@ -31,6 +33,16 @@ log = logging.getLogger("cachewire.hub.sse")
 HUB: web.AppKey[Hub] = web.AppKey("hub")
 
 HEARTBEAT = b": heartbeat\n\n"
+REAUTH_TYPE = "cachewire:reauth"
+# Sent before the hub ends a stream whose credential expired or lost its grant: the client
+# gets a fresh cookie or ticket and reconnects with Last-Event-ID (nothing is lost).
+REAUTH_FRAME = (
+    b"event: "
+    + REAUTH_TYPE.encode()
+    + b'\ndata: {"meta":{"type":"'
+    + REAUTH_TYPE.encode()
+    + b'"}}\n\n'
+)
 # Bytes a subscriber's socket may hold unsent before we stop writing to it.
 TRANSPORT_LIMIT = 256 * 1024
 STALLED_RETRY = 0.05
@@ -144,6 +156,11 @@ class SseSink:
         if not self._pending:  # pending frames keep the stream alive already
             self.send_frame(HEARTBEAT)
 
+    def reauth(self, exc: Denied) -> None:
+        """The credential expired or lost its grant: say so, then end the stream."""
+        self.send_frame(REAUTH_FRAME)
+        self.close()
+
     def close(self) -> None:
         self.flush(force=True)
         if not self.done.done():
@@ -224,6 +241,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
     fanout, settings, flusher = hub.fanout, hub.settings, hub.flusher
     topics = topics_from_query(request, settings.sse_event_query)
     last_id = _last_event_id(request)
+    auth = hub.auth
+    principal = ANONYMOUS
+    if auth is not None:  # before any byte of the stream: refusals are 401/403 with JSON
+        principal = await auth.check_subscribe(http_credentials(request, browser=True), topics)
 
     response = web.StreamResponse(
         headers={
@@ -233,7 +254,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         }
     )
     if settings.cors_origin:
-        response.headers["Access-Control-Allow-Origin"] = settings.cors_origin
+        _allow_origin(request, response, settings.cors_origins, credentials=auth is not None)
     if request.method == "HEAD":
         return response  # the headers a GET would get, and no stream
     response.force_close()  # a stream's connection is never reused for another request
@@ -254,6 +275,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         "sse connection opened",
         extra={"peer": peer, "topics": sorted(topics), "last_event_id": last_id},
     )
+    watch = None if auth is None else auth.watch(principal, topics, sink.reauth)
     try:
         sub = await fanout.subscribe(topics, sink, last_id)
     except HubError as exc:  # e.g. the broker cannot replay now: the client retries
@@ -263,12 +285,32 @@ async def handle(request: web.Request) -> web.StreamResponse:
             await sink.done
         finally:  # also when the client went away (aiohttp cancels the handler)
             fanout.unsubscribe(sub)
+            if auth is not None and watch is not None:
+                auth.unwatch(watch)
             log.info(
                 "sse connection closed",
                 extra={"peer": peer, "seconds": round(time.monotonic() - started, 3)},
             )
     await _finish(request, response, sink, settings.grace)
     return response
+
+
+def _allow_origin(
+    request: web.Request, response: web.StreamResponse, allowed: tuple[str, ...], credentials: bool
+) -> None:
+    """One configured value is sent as is (Plasma's PLASMA_ORIGIN); from a list, the
+    request's Origin when listed. Cookies cross origins only to a listed origin."""
+    origin = request.headers.get("Origin")
+    if len(allowed) == 1:
+        value: str | None = allowed[0]
+    else:
+        value = origin if origin in allowed else ("*" if "*" in allowed else None)
+        response.headers["Vary"] = "Origin"
+    if value is None:
+        return
+    response.headers["Access-Control-Allow-Origin"] = value
+    if credentials and value != "*":
+        response.headers["Access-Control-Allow-Credentials"] = "true"
 
 
 async def _finish(
