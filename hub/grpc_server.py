@@ -165,8 +165,12 @@ class GrpcServer:
             (HUB_SERVICE, PLASMA_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server
         )
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        tls = self._hub.tls
         try:
-            bound = int(server.add_insecure_port(address))
+            if tls is None:
+                bound = int(server.add_insecure_port(address))
+            else:
+                bound = int(server.add_secure_port(address, tls.grpc_credentials()))
         except RuntimeError as exc:  # grpc's "failed to bind"; __main__ reports OSErrors
             raise OSError(f"gRPC cannot listen on {address}: {exc}") from None
         await server.start()

@@ -21,6 +21,7 @@ from cachewire.hub.brokers.memory import MemoryBroker
 from cachewire.hub.core import Fanout
 from cachewire.hub.metrics import make_registry
 from cachewire.hub.settings import HubSettings
+from cachewire.hub.tls import RELOAD_POLL, ServerTls
 
 if TYPE_CHECKING:
     from cachewire.hub.grpc_server import GrpcServer
@@ -62,6 +63,9 @@ class Hub:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._admin: web.AppRunner | None = None
+        # Certificates are read here: an unreadable one fails before anything listens.
+        s = self.settings
+        self.tls = ServerTls(s.tls_cert, s.tls_key) if s.tls_cert else None
         self._grpc: GrpcServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ingest: ChannelIngest | None = None
@@ -98,7 +102,15 @@ class Hub:
             self.make_app(), handler_cancellation=True, shutdown_timeout=s.grace, access_log=None
         )
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, s.host, s.http_port, reuse_port=False)
+        if self.tls is not None:
+            self._tasks.append(asyncio.create_task(self._reload_tls(self.tls)))
+        self._site = web.TCPSite(
+            self._runner,
+            s.host,
+            s.http_port,
+            reuse_port=False,
+            ssl_context=None if self.tls is None else self.tls.ssl_context,
+        )
         await self._site.start()
         server = self._site._server
         assert isinstance(server, asyncio.base_events.Server)
@@ -153,6 +165,11 @@ class Hub:
                 "/metrics and /metrics/plasma are not served: with --auth protected they "
                 "are on the admin listener only, and --admin-port is off"
             )
+
+    async def _reload_tls(self, tls: ServerTls) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_POLL)
+            tls.reload_if_changed()
 
     async def _beat(self, interval: float, kinds: tuple[str, ...]) -> None:
         while True:

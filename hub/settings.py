@@ -63,6 +63,8 @@ class HubSettings:
     api_keys_file: str = ""
     admin_port: int | None = None
     admin_host: str = "127.0.0.1"
+    tls_cert: str = ""
+    tls_key: str = ""
 
     @property
     def cors_origins(self) -> tuple[str, ...]:
@@ -278,6 +280,18 @@ OPTIONS: tuple[Option, ...] = (
         "address of the admin listener",
         ("CACHEWIRE_ADMIN_HOST",),
     ),
+    Option(
+        "tls_cert",
+        "--tls-cert",
+        "PEM certificate (chain): serve HTTPS and gRPC over TLS (reloaded on change)",
+        ("CACHEWIRE_TLS_CERT",),
+    ),
+    Option(
+        "tls_key",
+        "--tls-key",
+        "PEM private key of --tls-cert",
+        ("CACHEWIRE_TLS_KEY",),
+    ),
 )
 
 
@@ -324,6 +338,8 @@ def parse(
             raw = None if plasma is None else ("PLASMA_SUBSCRIBER_REDIS_ADDR", plasma)
         if raw is not None:
             values[opt.field] = convert(opt.convert, raw, ConfigError)
+    if bool(values.get("tls_cert")) != bool(values.get("tls_key")):
+        raise ConfigError("--tls-cert and --tls-key go together")
     return cls(**values)
 
 

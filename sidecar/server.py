@@ -19,7 +19,7 @@ from cachewire.sidecar.rules import Rules
 from cachewire.sidecar.settings import SidecarSettings
 from cachewire.sidecar.sinks.base import Sink
 from cachewire.sidecar.state import Slot
-from cachewire.sidecar.stream import StreamClient
+from cachewire.sidecar.stream import HubAccess, StreamClient
 
 log = logging.getLogger("cachewire.sidecar")
 
@@ -85,6 +85,7 @@ class Sidecar:
             backoff_cap=s.backoff_cap,
             idle_timeout=s.max_staleness,
             on_reconnect=self.metrics.reconnects.inc,
+            access=HubAccess(s.hub_tls_ca, s.hub_tls_server_name, s.token_file),
         )
         self.health = HealthServer(self)
         self.health_port = 0

@@ -92,6 +92,11 @@ class Auth:
         )
         self.jwt = JwtVerifier(jwt_config) if settings.jwt_key or settings.jwt_jwks_url else None
         self.api_keys = ApiKeys(settings.api_keys_file) if settings.api_keys_file else None
+        if self.api_keys is not None:  # read now: a bad file fails before anything listens
+            try:
+                self.api_keys.load()
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"--api-keys-file={self.api_keys.path}: {exc}") from None
         self.tickets = Tickets()
         self.denied: Counter[str] = Counter()  # reason → refusals
         self._watches: set[Watch] = set()
@@ -99,10 +104,6 @@ class Auth:
 
     async def start(self) -> None:
         if self.api_keys is not None:
-            try:
-                self.api_keys.load()
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"--api-keys-file={self.api_keys.path}: {exc}") from None
             self._poll = asyncio.create_task(self._poll_reload())
         if self.jwt is not None and self.jwt.jwks is not None:
             try:
