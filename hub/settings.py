@@ -65,6 +65,9 @@ class HubSettings:
     admin_host: str = "127.0.0.1"
     tls_cert: str = ""
     tls_key: str = ""
+    k8s_token_review: str = "off"
+    k8s_serviceaccount_dir: str = "/var/run/secrets/kubernetes.io/serviceaccount"
+    policy_file: str = ""
 
     @property
     def cors_origins(self) -> tuple[str, ...]:
@@ -94,6 +97,17 @@ def _redis_url(text: str) -> str:
     from cachewire.hub.brokers.redis_link import check_url  # here: redis-py loads only when needed
 
     return check_url(text)
+
+
+def _token_review(text: str) -> str:
+    value = text.lower()
+    if value in ("off", "false", "0", ""):
+        return "off"
+    if value in ("on", "true", "1", "in-cluster"):
+        return "in-cluster"
+    if text.startswith("https://"):
+        return text
+    raise ValueError("must be off, in-cluster or an https:// URL")
 
 
 def _query_name(text: str) -> str:
@@ -291,6 +305,26 @@ OPTIONS: tuple[Option, ...] = (
         "--tls-key",
         "PEM private key of --tls-cert",
         ("CACHEWIRE_TLS_KEY",),
+    ),
+    Option(
+        "k8s_token_review",
+        "--k8s-token-review",
+        "protected: verify service-account tokens with the TokenReview API: off, "
+        "in-cluster, or the API server's https:// URL",
+        ("CACHEWIRE_K8S_TOKEN_REVIEW",),
+        _token_review,
+    ),
+    Option(
+        "k8s_serviceaccount_dir",
+        "--k8s-serviceaccount-dir",
+        "the hub's own service-account token and ca.crt, for TokenReview calls",
+        ("CACHEWIRE_K8S_SERVICEACCOUNT_DIR",),
+    ),
+    Option(
+        "policy_file",
+        "--policy-file",
+        "protected: TOML or YAML mapping service accounts to grants (reloaded on change)",
+        ("CACHEWIRE_POLICY_FILE",),
     ),
 )
 

@@ -16,10 +16,13 @@ import asyncio
 import contextlib
 import logging
 import time
+import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import yaml
 
 from cachewire.hub.auth.decide import (
     ANONYMOUS,
@@ -29,6 +32,7 @@ from cachewire.hub.auth.decide import (
     authorize,
     patterns,
 )
+from cachewire.hub.auth.k8s import Policy, TokenReview
 from cachewire.hub.auth.tickets import Tickets
 from cachewire.hub.auth.verifiers import ApiKeys, JwtConfig, JwtVerifier
 from cachewire.hub.errors import ConfigError, Denied, Forbidden, Unauthenticated
@@ -97,23 +101,35 @@ class Auth:
                 self.api_keys.load()
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"--api-keys-file={self.api_keys.path}: {exc}") from None
+        self.policy = Policy(settings.policy_file) if settings.policy_file else None
+        if self.policy is not None:
+            try:
+                self.policy.load()
+            except (OSError, ValueError, yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"--policy-file={self.policy.path}: {exc}") from None
+        self.token_review = (
+            TokenReview(settings.k8s_token_review, settings.k8s_serviceaccount_dir, self.policy)
+            if settings.k8s_token_review != "off"
+            else None
+        )
         self.tickets = Tickets()
         self.denied: Counter[str] = Counter()  # reason → refusals
         self._watches: set[Watch] = set()
         self._poll: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        if self.api_keys is not None:
+        if self.api_keys is not None or self.policy is not None:
             self._poll = asyncio.create_task(self._poll_reload())
         if self.jwt is not None and self.jwt.jwks is not None:
             try:
                 await self.jwt.jwks.fetch()
             except Exception as exc:  # retried when a token needs it
                 log.warning("jwks fetch failed at start", extra={"error": str(exc)})
-        if self.jwt is None and self.api_keys is None:
+        if self.jwt is None and self.api_keys is None and self.token_review is None:
             log.warning(
                 "auth is protected but no credential can be verified (no --jwt-key, "
-                "--jwt-jwks-url or --api-keys-file): only --public-types can be subscribed to"
+                "--jwt-jwks-url, --api-keys-file or --k8s-token-review): only "
+                "--public-types can be subscribed to"
             )
 
     async def stop(self) -> None:
@@ -123,6 +139,8 @@ class Auth:
                 await self._poll
         for watch in tuple(self._watches):
             self.unwatch(watch)
+        if self.token_review is not None:
+            await self.token_review.close()
 
     # --- authentication ---
 
@@ -132,9 +150,7 @@ class Auth:
         if c.malformed:
             raise Unauthenticated("invalid", "authorization header is not 'Bearer <token>'")
         if c.bearer is not None:
-            if self.jwt is None:
-                raise Unauthenticated("invalid", "bearer token sent; no JWT key configured")
-            return await self.jwt.verify(c.bearer)
+            return await self._bearer(c.bearer)
         if c.api_key is not None:
             if self.api_keys is None:
                 raise Unauthenticated("invalid", "api key sent; no --api-keys-file configured")
@@ -142,6 +158,18 @@ class Auth:
         if c.ticket is not None:
             return await self._redeem(c.ticket)
         return ANONYMOUS
+
+    async def _bearer(self, token: str) -> Principal:
+        """A JWT of ours; else (with --k8s-token-review) a service-account token."""
+        if self.jwt is not None:
+            try:
+                return await self.jwt.verify(token)
+            except Unauthenticated as exc:
+                if self.token_review is None or exc.reason != "invalid":
+                    raise
+        if self.token_review is not None:
+            return await self.token_review.verify(token)
+        raise Unauthenticated("invalid", "bearer token sent; no JWT key or token review set")
 
     async def _redeem(self, value: str) -> Principal:
         ticket = self.tickets.take(value)
@@ -228,13 +256,21 @@ class Auth:
         self.note(exc, "stream", watch.principal.name)
         watch.end(exc)
 
+    def _current(self, p: Principal) -> Principal | None:
+        """The principal as the reloaded files now define it (None: it is gone)."""
+        if p.ref.startswith("system:") and self.policy is not None:  # a service account
+            return Principal(p.name, self.policy.grants(p.ref), "k8s", p.expires_at, p.ref)
+        if self.api_keys is not None:
+            return self.api_keys.keys.get(p.ref)
+        return None
+
     def recheck(self) -> None:
         """After a reload: end every stream whose principal lost the grant it streams on."""
         for watch in tuple(self._watches):
             p = watch.principal
-            if not p.ref or self.api_keys is None:
+            if not p.ref:
                 continue  # a JWT carries its own grants: nothing reloaded changes them
-            current = self.api_keys.keys.get(p.ref)
+            current = self._current(p)
             if current is None:
                 self._end(watch, Unauthenticated("revoked", f"{p.name}: key removed"))
                 continue
@@ -246,8 +282,8 @@ class Auth:
                 self._end(watch, Forbidden(exc.detail, "revoked"))
 
     async def _poll_reload(self) -> None:
-        assert self.api_keys is not None
         while True:
             await asyncio.sleep(RELOAD_POLL)
-            if self.api_keys.reload_if_changed():
+            changed = [f.reload_if_changed() for f in (self.api_keys, self.policy) if f]
+            if any(changed):
                 self.recheck()
