@@ -21,6 +21,7 @@ from aiohttp import web
 from cachewire.hub.auth.decide import ANONYMOUS
 from cachewire.hub.auth.transport import http_credentials
 from cachewire.hub.brokers.base import ResetReason
+from cachewire.hub.core import Subscription
 from cachewire.hub.errors import Denied, HubError, InvalidInput
 from cachewire.hub.events import RESET_TYPE, Event, as_chunk, parse_topics
 
@@ -156,9 +157,9 @@ class SseSink:
         if not self._pending:  # pending frames keep the stream alive already
             self.send_frame(HEARTBEAT)
 
-    def reauth(self, exc: Denied) -> None:
+    def reauth(self, resume_from: str | None) -> None:
         """The credential expired or lost its grant: say so, then end the stream."""
-        self.send_frame(REAUTH_FRAME)
+        self.send_frame(reauth_frame(resume_from))
         self.close()
 
     def close(self) -> None:
@@ -220,6 +221,18 @@ def reset_frame(reason: str, detail: str, resume_from: str | None) -> bytes:
     return f"{id_line}data: {body}\n\n".encode()
 
 
+def reauth_frame(resume_from: str | None) -> bytes:
+    """`event: cachewire:reauth`, sent before the hub ends a stream whose credential expired
+    or lost its grant; the client gets a fresh cookie or ticket and reconnects from its id.
+
+    Its id, when given, is the head when it was queued: every matching event up to there
+    was queued before it, so a client that has seen no event since it connected still
+    resumes without a gap."""
+    id_line = f"id: {resume_from}\n" if resume_from else ""
+    data = json.dumps({"meta": {"type": REAUTH_TYPE}}, separators=(",", ":"))
+    return f"{id_line}event: {REAUTH_TYPE}\ndata: {data}\n\n".encode()
+
+
 def topics_from_query(request: web.Request, query_name: str) -> frozenset[str]:
     raw = request.query.get(query_name, "")
     if not raw:
@@ -275,9 +288,17 @@ async def handle(request: web.Request) -> web.StreamResponse:
         "sse connection opened",
         extra={"peer": peer, "topics": sorted(topics), "last_event_id": last_id},
     )
-    watch = None if auth is None else auth.watch(principal, topics, sink.reauth)
+    holder: list[Subscription] = []
+
+    def end(exc: Denied) -> None:
+        # While a resume still replays, the head is no position this client has reached.
+        live = bool(holder) and holder[0].live
+        sink.reauth(fanout.last_id if live else last_id)
+
+    watch = None if auth is None else auth.watch(principal, topics, end)
     try:
         sub = await fanout.subscribe(topics, sink, last_id)
+        holder.append(sub)
     except HubError as exc:  # e.g. the broker cannot replay now: the client retries
         log.warning("sse resume failed", extra={"peer": peer, "error": str(exc)})
     else:

@@ -235,7 +235,7 @@ async def test_sse_stream_ends_with_reauth_when_the_token_expires(hub: Hub) -> N
         assert client.status == 200
         rest = await client.until_end()
         reauth = b'event: cachewire:reauth\ndata: {"meta":{"type":"cachewire:reauth"}}\n\n'
-        assert rest.endswith(reauth)
+        assert rest.endswith(f"id: {hub.fanout.last_id}\n".encode() + reauth)
         assert client.ended_cleanly
     assert await admin_metric(hub, denied("expired")) == 1
 
