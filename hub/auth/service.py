@@ -32,7 +32,7 @@ from cachewire.hub.auth.decide import (
     authorize,
     patterns,
 )
-from cachewire.hub.auth.k8s import Policy, TokenReview
+from cachewire.hub.auth.k8s import SA_PREFIX, Policy, TokenReview
 from cachewire.hub.auth.tickets import Tickets
 from cachewire.hub.auth.verifiers import ApiKeys, JwtConfig, JwtVerifier
 from cachewire.hub.errors import ConfigError, Denied, Forbidden, Unauthenticated
@@ -163,13 +163,23 @@ class Auth:
         """A JWT of ours; else (with --k8s-token-review) a service-account token."""
         if self.jwt is not None:
             try:
-                return await self.jwt.verify(token)
+                principal = await self.jwt.verify(token)
             except Unauthenticated as exc:
                 if self.token_review is None or exc.reason != "invalid":
                     raise
+            else:
+                return self._service_account(principal)
         if self.token_review is not None:
             return await self.token_review.verify(token)
         raise Unauthenticated("invalid", "bearer token sent; no JWT key or token review set")
+
+    def _service_account(self, principal: Principal) -> Principal:
+        """A service-account JWT verified offline (the API server's JWKS) takes its grants
+        from the policy, as a TokenReview answer would."""
+        sub = principal.name.removeprefix("jwt:")
+        if self.policy is None or not sub.startswith(SA_PREFIX):
+            return principal
+        return Principal(sub, self.policy.grants(sub), "k8s", principal.expires_at, sub)
 
     async def _redeem(self, value: str) -> Principal:
         ticket = self.tickets.take(value)

@@ -24,6 +24,7 @@ from aiohttp import web
 from cachewire.hub.auth.k8s import Policy
 from cachewire.hub.server import Hub
 from cachewire.v1 import hub_pb2, hub_pb2_grpc
+from tests.auth_helpers import SECRET, token
 from tests.servers import free_port, wait_until
 from tests.unit.hub.sse_helpers import HubFactory
 
@@ -219,3 +220,21 @@ def test_policy_in_toml_and_service_account_patterns(tmp_path: Path) -> None:
     path.write_text('[[subscribers]]\nserviceAccount = "no-slash"\ntypes = []\n')
     with pytest.raises(ValueError):
         policy.load()
+
+
+async def test_offline_service_account_jwts_take_grants_from_the_policy(
+    hub_factory: HubFactory, tmp_path: Path
+) -> None:
+    """--jwt-key/--jwt-jwks-url verifying the API server's tokens: no TokenReview call."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    hub: Hub = await hub_factory(
+        auth="protected",
+        jwt_key=SECRET,
+        jwt_audience="cachewire-hub",
+        policy_file=str(policy),
+        subscribe_heartbeat=30.0,
+    )
+    sa = token(None, aud="cachewire-hub", sub="system:serviceaccount:shop:web")
+    assert await first_message(hub, sa, "cart:1") == "heartbeat"
+    assert await first_message(hub, sa, "user:1") == grpc.StatusCode.PERMISSION_DENIED
