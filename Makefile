@@ -69,7 +69,7 @@ pytest:
 	$(BIN)/pytest
 
 fuzz:  ## the Hypothesis fuzz suite with thousands of examples (the suite runs a few seconds' worth)
-	HYPOTHESIS_PROFILE=long $(BIN)/pytest tests/fuzz -q
+	HYPOTHESIS_PROFILE=long $(BIN)/pytest tests/fuzz -q --timeout 1800
 
 test: system-deps install pytest  ## install what the tests need, then run them
 
