@@ -78,10 +78,11 @@ export function subscribe(options) {
       else if (refresh && failures > 0) await refresh();
     } catch (error) {
       onError(error);
-      if (error instanceof CachewireError && (error.status === 401 || error.status === 403)) {
-        closed = true; // not allowed: retrying would not help
+      if (error instanceof CachewireError && error.status === 403) {
+        closed = true; // not granted (or a foreign origin): retrying would not help
         return;
       }
+      failures += 1; // 401: `headers` gives a fresh credential next time
       return retry();
     }
     if (lastEventId) query.set("lastEventId", lastEventId);

@@ -29,7 +29,7 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (make system-deps)"),
 ]
 MODULE = ROOT / "examples" / "browser" / "cachewire-events.js"
-TOKEN_TTL = 2.0  # seconds: each stream's token expires quickly, so the page re-authenticates
+TOKEN_TTL = 3.0  # seconds: each stream's token expires soon, so the page re-authenticates
 
 PAGE = """<!doctype html>
 <meta charset="utf-8">

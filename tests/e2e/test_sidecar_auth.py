@@ -23,6 +23,7 @@ from tests.servers import Proc, wait_for
 from tests.unit.hub.test_tls import write_pair
 
 SIDECAR_GRANTS = {"subscribe": ["user:"]}
+FIRST_TOKEN_TTL = 8.0
 
 
 def publish(hub: Proc, ctx: ssl.SSLContext, event: dict[str, object]) -> str:
@@ -53,13 +54,14 @@ def test_sidecar_reauthenticates_with_a_rotated_token_without_losing_its_positio
     ctx = ssl.create_default_context()
     ca.configure_trust(ctx)
     token_file = tmp_path / "token"
-    token_file.write_text(token(SIDECAR_GRANTS, expires_in=3.0))
 
     hub = hub_process(
         "--auth", "protected", "--jwt-key", SECRET, "--tls-cert", cert, "--tls-key", key,
         "--subscribe-heartbeat", "0.2",
         tls_ca=ctx,
     )  # fmt: skip
+    # Long enough for a sidecar to start on a busy machine, short enough for a test.
+    token_file.write_text(token(SIDECAR_GRANTS, expires_in=FIRST_TOKEN_TTL))
     sc = sidecar_process(
         "--memcached", f"127.0.0.1:{memcached_server.port}",
         "--hub-tls-ca", str(ca_file),

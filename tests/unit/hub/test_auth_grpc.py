@@ -117,7 +117,7 @@ async def test_subscribe_ends_unauthenticated_when_the_token_expires(
 ) -> None:
     call = hub_pb2_grpc.HubStub(channel).Subscribe(
         hub_pb2.SubscribeRequest(topics=["user:42"]),
-        metadata=meta(token(READER, expires_in=1.0)),
+        metadata=meta(token(READER, expires_in=2.0)),
     )
     first = await asyncio.wait_for(call.read(), TIMEOUT)
     assert first.HasField("heartbeat")

@@ -230,7 +230,7 @@ async def test_sse_subscriber_receives_exactly_its_granted_and_public_types(hub:
 
 
 async def test_sse_stream_ends_with_reauth_when_the_token_expires(hub: Hub) -> None:
-    short = ("Authorization", f"Bearer {token(READER, expires_in=1.0)}")
+    short = ("Authorization", f"Bearer {token(READER, expires_in=2.0)}")
     async with await sse(hub, "/?eventType=user:42", short) as client:
         assert client.status == 200
         rest = await client.until_end()

@@ -164,7 +164,7 @@ async def test_a_cached_review_ends_at_the_token_expiry(
     hub: Hub, api_server: tuple[FakeApiServer, Path]
 ) -> None:
     server, _ = api_server
-    token = sa_token("shop-web", expires_in=1.0)
+    token = sa_token("shop-web", expires_in=2.0)
     server.users[token] = "system:serviceaccount:shop:web"
     async with grpc.aio.insecure_channel(f"127.0.0.1:{hub.grpc_port}") as channel:
         call = hub_pb2_grpc.HubStub(channel).Subscribe(
