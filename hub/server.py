@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import random
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -28,6 +29,12 @@ if TYPE_CHECKING:
     from cachewire.hub.ingest import ChannelIngest
 
 log = logging.getLogger("cachewire.hub")
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    sockets = getattr(site._server, "sockets", None)  # asyncio's Server or uvloop's
+    assert sockets
+    return int(sockets[0].getsockname()[1])
 
 
 def is_loopback(host: str) -> bool:
@@ -57,6 +64,7 @@ class Hub:
         # None in `--auth off`: then no request does any auth work at all.
         self.auth = Auth(self.settings) if self.settings.auth == "protected" else None
         self.stopping = False
+        self.draining = False  # SIGTERM: not ready, still serving (drain())
         self.http_port = 0
         self.grpc_port: int | None = None
         self.admin_port: int | None = None
@@ -71,10 +79,7 @@ class Hub:
         self._ingest: ChannelIngest | None = None
 
     def make_app(self) -> web.Application:
-        app = web.Application(
-            middlewares=[http_api.errors_middleware],
-            client_max_size=self.settings.max_body,
-        )
+        app = web.Application(client_max_size=self.settings.max_body)
         app[sse.HUB] = self
         # Protected: the operator's endpoints only on the admin listener, never on the
         # port an ingress routes. Off: on both, as Plasma serves them.
@@ -82,7 +87,7 @@ class Hub:
         return app
 
     def make_admin_app(self) -> web.Application:
-        app = web.Application(middlewares=[http_api.errors_middleware])
+        app = web.Application()
         app[sse.HUB] = self
         http_api.add_metrics_routes(app)
         return app
@@ -112,17 +117,13 @@ class Hub:
             ssl_context=None if self.tls is None else self.tls.ssl_context,
         )
         await self._site.start()
-        server = self._site._server
-        assert isinstance(server, asyncio.base_events.Server)
-        self.http_port = server.sockets[0].getsockname()[1]
+        self.http_port = _bound_port(self._site)
         if s.admin_port is not None:
             self._admin = web.AppRunner(self.make_admin_app(), access_log=None)
             await self._admin.setup()
             admin_site = web.TCPSite(self._admin, s.admin_host, s.admin_port, reuse_port=False)
             await admin_site.start()
-            admin_server = admin_site._server
-            assert isinstance(admin_server, asyncio.base_events.Server)
-            self.admin_port = admin_server.sockets[0].getsockname()[1]
+            self.admin_port = _bound_port(admin_site)
         # 3. gRPC: Plasma's StreamService and cachewire's Hub service.
         if s.grpc_port is not None:
             from cachewire.hub.grpc_server import GrpcServer
@@ -175,6 +176,44 @@ class Hub:
         while True:
             await asyncio.sleep(interval)
             self.fanout.heartbeat(kinds)
+
+    async def drain(self) -> None:
+        """SIGTERM in a cluster: leave the load balancers first, then the clients; stop() after.
+
+        Ending every stream at once would send all their clients to the other replicas in
+        one reconnect storm, and a pod that stops serving before its endpoint is removed
+        refuses the connections still routed to it. So:
+        """
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        # 1. Not ready (/readyz 503, gRPC health NOT_SERVING) but serving as before, for
+        #    --drain-delay: endpoints and balancers stop sending new clients meanwhile.
+        self.draining = True
+        if self._grpc is not None:
+            await self._grpc.refresh_health()
+        log.info("hub draining", extra={"delay": s.drain_delay, "window": s.drain_window})
+        await asyncio.sleep(s.drain_delay)
+        # 2. End the streams one by one, spread evenly over --drain-window in random
+        #    order; SSE clients get a jittered `retry:` so their reconnects spread further.
+        #    Each client resumes elsewhere from its last id (Last-Event-ID, resume_from).
+        if s.drain_window <= 0:
+            return  # stop() ends them all at once
+        subs = list(self.fanout.subscriptions())
+        random.shuffle(subs)
+        start = loop.time()
+        for i, sub in enumerate(subs):
+            wait = start + s.drain_window * i / len(subs) - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if sub.closed:
+                continue
+            self.fanout.unsubscribe(sub)
+            if isinstance(sub.sink, sse.SseSink):
+                retry = round(s.sse_retry * random.uniform(0.5, 1.5))
+                sub.sink.send_frame(f"retry: {retry}\n\n".encode())
+            sub.sink.close()
+        # 3. Then the caller stop()s: what is left (streams opened meanwhile, requests in
+        #    flight) ends as on any stop.
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.grace if grace is None else grace

@@ -202,12 +202,21 @@ class Auth:
         authorize(principal, action, types, self.public)
 
     async def check_publish(self, credentials: Credentials, drafts: Sequence[Draft]) -> Principal:
-        """May these credentials publish every one of these drafts (flush included)?"""
+        """May these credentials publish every one of these drafts (flush included)? The
+        one call of a publish request (HTTP, gRPC Publish)."""
         principal = await self.authenticate(credentials)
+        self.authorize_publish(principal, drafts)
+        return principal
+
+    def authorize_publish(self, principal: Principal, drafts: Sequence[Draft]) -> None:
+        """The publish decision for an already authenticated principal: what a stream of
+        publish requests (gRPC PublishStream) calls per request, after `authenticate` once.
+        A credential that expired since then is refused."""
+        if principal.expires_at is not None and principal.expires_at <= time.time():
+            raise Unauthenticated("expired", f"{principal.name}: expired")
         self.authorize(principal, "publish", {d.type for d in drafts})
         if any(d.flush for d in drafts):
             self.authorize(principal, "flush", ())
-        return principal
 
     async def check_subscribe(self, credentials: Credentials, topics: frozenset[str]) -> Principal:
         principal = await self.authenticate(credentials)
