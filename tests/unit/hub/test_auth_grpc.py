@@ -177,3 +177,24 @@ async def test_plasma_events_with_a_bearer_get_their_grants(
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await asyncio.wait_for(bad.read(), TIMEOUT)
     assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_publish_stream_authenticates_once_and_authorizes_every_request(
+    hub: Hub, channel: grpc.aio.Channel
+) -> None:
+    stub = hub_pb2_grpc.HubStub(channel)
+    allowed = hub_pb2.PublishRequest(events=[hub_pb2.EventInput(type="order:1")])
+    refused = hub_pb2.PublishRequest(events=[hub_pb2.EventInput(type="user:1")])
+    call = stub.PublishStream(metadata=meta(token({"publish": ["order:"]})), timeout=TIMEOUT)
+    await call.write(allowed)
+    first = await call.read()
+    assert list(first.ids) == [hub.broker.head_id()]
+    head = hub.broker.head_id()
+    await call.write(refused)
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await call.read()
+    assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert hub.broker.head_id() == head
+    anonymous = stub.PublishStream(timeout=TIMEOUT)
+    await anonymous.write(allowed)
+    assert await status_of(anonymous.read()) == grpc.StatusCode.UNAUTHENTICATED
