@@ -52,6 +52,28 @@ async def round_rps(port: int, headers: dict[str, str], requests: int, clients: 
         return per_client * clients / (time.perf_counter() - started)
 
 
+async def decision_cost(keys: Path, token: str, calls: int = 20_000) -> dict[str, float]:
+    """Microseconds per `Auth.check_publish` (verify + decide), in this process: what
+    protected mode adds to a publish request, without HTTP's noise."""
+    from cachewire.hub.auth.service import Auth, Credentials
+    from cachewire.hub.events import make_draft
+    from cachewire.hub.settings import HubSettings
+
+    auth = Auth(HubSettings(auth="protected", jwt_key=SECRET, api_keys_file=str(keys)))
+    drafts = [make_draft(type=EVENT["type"], keys=EVENT["keys"])]
+    out = {}
+    credentials = {"JWT": Credentials(bearer=token), "API key": Credentials(api_key=API_KEY)}
+    for name, creds in credentials.items():
+        runs = []
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(calls):
+                await auth.check_publish(creds, drafts)
+            runs.append((time.perf_counter() - started) / calls * 1e6)
+        out[name] = statistics.median(runs)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -88,6 +110,7 @@ def main() -> None:
                 rps = asyncio.run(round_rps(ports[name], headers, args.requests, args.clients))
                 results[name].append(rps)
 
+    costs = asyncio.run(decision_cost(keys, token))
     base = statistics.median(results["off"])
     if args.markdown:
         print(
@@ -104,6 +127,8 @@ def main() -> None:
             print(f"| {name} | {median:.0f} | {median / base:.2f} | {rounds} |")
         else:
             print(f"{name:20} {median:8.0f} req/s  x{median / base:.2f}  [{rounds}]")
+    for name, micros in costs.items():
+        print(f"\ndecision cost ({name}): {micros:.1f} µs per publish request (median of 5)")
 
 
 if __name__ == "__main__":
