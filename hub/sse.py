@@ -282,11 +282,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if last_id is None:
         # An id-only frame dispatches nothing but gives the client a position to resume from.
         sink.send_frame(f"id: {fanout.last_id}\n\n".encode())
-    peer = request.remote
-    started = time.monotonic()
     log.info(
         "sse connection opened",
-        extra={"peer": peer, "topics": sorted(topics), "last_event_id": last_id},
+        extra={"peer": request.remote, "topics": sorted(topics), "last_event_id": last_id},
     )
     holder: list[Subscription] = []
 
@@ -297,23 +295,37 @@ async def handle(request: web.Request) -> web.StreamResponse:
 
     watch = None if auth is None else auth.watch(principal, topics, end)
     try:
+        await _serve(request, sink, topics, last_id, holder)
+    finally:
+        if auth is not None and watch is not None:
+            auth.unwatch(watch)
+    await _finish(request, response, sink, settings.grace)
+    return response
+
+
+async def _serve(
+    request: web.Request,
+    sink: SseSink,
+    topics: frozenset[str],
+    last_id: str | None,
+    holder: list[Subscription],
+) -> None:
+    """Subscribe the sink and wait until its stream ends (or the client goes away)."""
+    fanout, peer, started = request.app[HUB].fanout, request.remote, time.monotonic()
+    try:
         sub = await fanout.subscribe(topics, sink, last_id)
         holder.append(sub)
     except HubError as exc:  # e.g. the broker cannot replay now: the client retries
         log.warning("sse resume failed", extra={"peer": peer, "error": str(exc)})
-    else:
-        try:
-            await sink.done
-        finally:  # also when the client went away (aiohttp cancels the handler)
-            fanout.unsubscribe(sub)
-            if auth is not None and watch is not None:
-                auth.unwatch(watch)
-            log.info(
-                "sse connection closed",
-                extra={"peer": peer, "seconds": round(time.monotonic() - started, 3)},
-            )
-    await _finish(request, response, sink, settings.grace)
-    return response
+        return
+    try:
+        await sink.done
+    finally:  # also when the client went away (aiohttp cancels the handler)
+        fanout.unsubscribe(sub)
+        log.info(
+            "sse connection closed",
+            extra={"peer": peer, "seconds": round(time.monotonic() - started, 3)},
+        )
 
 
 def _allow_origin(

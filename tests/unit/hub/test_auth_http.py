@@ -227,6 +227,8 @@ async def test_sse_subscriber_receives_exactly_its_granted_and_public_types(hub:
         assert (await publish(hub, events, writer))[0] == 200
         got = [data["meta"]["type"] for _, data in await client.events(2)]
         assert got == ["user:42:email", "program:1:x"]
+    assert hub.auth is not None
+    await wait_until(lambda: not hub.auth._watches, what="the stream's watch dropped")  # type: ignore[union-attr]
 
 
 async def test_sse_stream_ends_with_reauth_when_the_token_expires(hub: Hub) -> None:
