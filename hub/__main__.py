@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from cachewire.common import logs
-from cachewire.common.loop import run, running_kind
+from cachewire.common.loop import loop_factory, run, running_kind
 from cachewire.hub.errors import ConfigError
 from cachewire.hub.server import Hub
 from cachewire.hub.settings import HubSettings, parse
@@ -51,6 +51,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "cachewire-hub") -> None
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    try:
+        loop_factory(settings.loop)  # --loop uvloop without uvloop: say so before starting
+    except ImportError as exc:
+        print(f"{prog}: --loop uvloop: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     logs.setup(settings.log_level)
     try:
         run(serve(settings), settings.loop)
@@ -60,9 +65,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "cachewire-hub") -> None
     except OSError as exc:  # e.g. the port is taken
         print(f"{prog}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
-    except ImportError as exc:  # --loop uvloop without uvloop installed
-        print(f"{prog}: --loop uvloop: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from cachewire.hub.auth.service import Watch
 from cachewire.hub.auth.transport import grpc_credentials
 from cachewire.hub.brokers.base import ResetReason
 from cachewire.hub.core import Subscription
-from cachewire.hub.errors import HubError, Unavailable
+from cachewire.hub.errors import HubError, TooLarge, Unavailable
 from cachewire.hub.events import RESET_TYPE, Event, validate_topic
 from cachewire.hub.grpc_api import SHUTTING_DOWN, EncodeCache, Outbox, OutboxSink
 from cachewire.v1 import plasma_pb2
@@ -239,6 +239,12 @@ class StreamService:
                         fanout.unsubscribe(holder[0])
                     sink.outbox.finish()
                     return
+                limit = self._hub.settings.max_topics
+                if len(request.events) > limit:
+                    raise TooLarge(
+                        f"{len(request.events)} event types in one subscription, more than "
+                        f"the limit of {limit} (--max-topics)"
+                    )
                 topics = frozenset(validate_topic(e.type, "event type") for e in request.events)
                 if auth is not None and watch is not None:
                     auth.authorize(principal, "subscribe", topics)

@@ -19,6 +19,7 @@ from cachewire.hub import http_api, sse, telemetry
 from cachewire.hub.auth.service import Auth
 from cachewire.hub.brokers.base import Broker
 from cachewire.hub.brokers.memory import MemoryBroker
+from cachewire.hub.connections import GuardedSite, Limits
 from cachewire.hub.core import Fanout
 from cachewire.hub.metrics import make_registry
 from cachewire.hub.settings import HubSettings
@@ -51,7 +52,7 @@ def make_broker(settings: HubSettings) -> Broker:
         from cachewire.hub.brokers.redis import RedisBroker
 
         return RedisBroker(settings)
-    return MemoryBroker(settings.history)
+    return MemoryBroker(settings.history, history_bytes=settings.history_bytes)
 
 
 class Hub:
@@ -69,6 +70,11 @@ class Hub:
         self.grpc_port: int | None = None
         self.admin_port: int | None = None
         self._runner: web.AppRunner | None = None
+        self.connections = Limits(
+            self.settings.max_connections,
+            self.settings.max_connections_per_client,
+            self.settings.header_timeout,
+        )
         self._site: web.TCPSite | None = None
         self._admin: web.AppRunner | None = None
         # Certificates are read here: an unreadable one fails before anything listens.
@@ -104,16 +110,20 @@ class Hub:
             await self.auth.start()
         # 2. HTTP: SSE, publish, health, metrics.
         self._runner = web.AppRunner(
-            self.make_app(), handler_cancellation=True, shutdown_timeout=s.grace, access_log=None
+            self.make_app(),
+            handler_cancellation=True,
+            shutdown_timeout=s.grace,
+            access_log=None,
+            keepalive_timeout=s.idle_timeout,
         )
         await self._runner.setup()
         if self.tls is not None:
             self._tasks.append(asyncio.create_task(self._reload_tls(self.tls)))
-        self._site = web.TCPSite(
+        self._site = GuardedSite(
             self._runner,
             s.host,
             s.http_port,
-            reuse_port=False,
+            self.connections,
             ssl_context=None if self.tls is None else self.tls.ssl_context,
         )
         await self._site.start()

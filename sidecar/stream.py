@@ -16,10 +16,10 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -64,14 +64,14 @@ class HubAccess:
     tls_server_name: str = ""
     token_file: str = ""
 
-    def channel(self, target: str) -> grpc.aio.Channel:
+    def channel(self, target: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
         if not self.tls_ca:
-            return grpc.aio.insecure_channel(target)
+            return grpc.aio.insecure_channel(target, options=options)
         creds = grpc.ssl_channel_credentials(root_certificates=Path(self.tls_ca).read_bytes())
-        options = []
+        opts = list(options)
         if self.tls_server_name:
-            options.append(("grpc.ssl_target_name_override", self.tls_server_name))
-        return grpc.aio.secure_channel(target, creds, options)
+            opts.append(("grpc.ssl_target_name_override", self.tls_server_name))
+        return grpc.aio.secure_channel(target, creds, opts)
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         if not self.token_file:
@@ -104,6 +104,7 @@ class StreamClient:
         backoff_base: float,
         backoff_cap: float,
         idle_timeout: float,
+        max_message_bytes: int = 4 << 20,
         on_reconnect: Callable[[], None] | None = None,
         rng: random.Random | None = None,
         access: HubAccess | None = None,
@@ -114,6 +115,7 @@ class StreamClient:
         self.listener = listener
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
         self.idle_timeout = idle_timeout
+        self.options = (("grpc.max_receive_message_length", max_message_bytes),)
         self.on_reconnect = on_reconnect
         self.rng = rng or random.Random()
         self.subscriptions = 0
@@ -154,7 +156,7 @@ class StreamClient:
         loop = asyncio.get_running_loop()
         try:
             metadata = self.access.metadata()
-            channel = self.access.channel(self.target)
+            channel = self.access.channel(self.target, self.options)
         except OSError as exc:  # a token or CA file missing: retried after the backoff
             log.error("cannot read the hub credentials", extra={"error": str(exc)})
             return False
@@ -176,6 +178,9 @@ class StreamClient:
                     extra={"hub": self.target, "idle_seconds": self.idle_timeout},
                 )
             except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    self._too_large(exc)
+                    return live
                 log.warning(
                     "hub stream failed",
                     extra={"hub": self.target, "code": exc.code().name, "details": exc.details()},
@@ -185,6 +190,19 @@ class StreamClient:
                 if live:
                     self.listener.on_disconnected()
         return live
+
+    def _too_large(self, exc: grpc.aio.AioRpcError) -> None:
+        """A message above our receive limit would come again at every resume from the
+        same id (an older hub, or a hub whose --subscribe-batch-bytes exceeds our
+        --max-message-bytes): treat it as a gap, so the caches are flushed and the next
+        subscription starts from the hub's head instead of getting stuck."""
+        log.error(
+            "a message from the hub is larger than --max-message-bytes: flushing and "
+            "resubscribing from the hub's head (raise --max-message-bytes, or lower the "
+            "hub's --subscribe-batch-bytes)",
+            extra={"hub": self.target, "details": exc.details()},
+        )
+        self.listener.on_reset("message_too_large", str(exc.details()), "")
 
     def _went_live(self, resume: str) -> None:
         self.subscriptions += 1
