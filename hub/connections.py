@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections import Counter
 from typing import Any, cast
 
@@ -201,8 +202,15 @@ class Guard(asyncio.Protocol):
 class GuardedSite(web.TCPSite):
     """`TCPSite` whose connections go through a `Guard` sharing one `Limits`."""
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int, limits: Limits) -> None:
-        super().__init__(runner, host, port, reuse_port=False)
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        host: str,
+        port: int,
+        limits: Limits,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__(runner, host, port, reuse_port=False, ssl_context=ssl_context)
         self.limits = limits
 
     async def start(self) -> None:
@@ -216,5 +224,7 @@ class GuardedSite(web.TCPSite):
         def factory() -> asyncio.Protocol:
             return Guard(JsonErrors(server, loop=loop, **kwargs), limits)
 
-        self._server = await loop.create_server(factory, self._host, self._port)
+        self._server = await loop.create_server(
+            factory, self._host, self._port, ssl=self._ssl_context
+        )
         self._bound_port = self._server.sockets[0].getsockname()[1]
