@@ -157,9 +157,7 @@ def test_a_bad_url_is_refused_at_once() -> None:
 
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
-async def test_several_requests_in_flight_publish_everything_once(
-    hub: Hub, transport: str
-) -> None:
+async def test_several_requests_in_flight_publish_everything_once(hub: Hub, transport: str) -> None:
     before = hub.broker.head_id()
     async with AsyncPublisher(url(hub, transport), max_in_flight=4, max_batch=20) as publisher:
         ids = await asyncio.gather(*(publisher.publish(f"f:{i}") for i in range(300)))
