@@ -189,7 +189,11 @@ def start_hub(
             not grpc or port_answers(ports["grpc"])
         )
 
-    wait_for(ready, timeout=20, what=f"cachewire-hub {probe}")
+    try:
+        wait_for(ready, timeout=20, what=f"cachewire-hub {probe}")
+    except BaseException:
+        proc.kill()  # not left running when it did not get ready
+        raise
     return proc
 
 
@@ -225,7 +229,11 @@ def start_sidecar(
             raise RuntimeError(f"cachewire-sidecar exited {popen.returncode}:\n{proc.log()}")
         return http_ok(f"http://127.0.0.1:{health}{probe}")
 
-    wait_for(ready, timeout=timeout, what=f"cachewire-sidecar {probe}")
+    try:
+        wait_for(ready, timeout=timeout, what=f"cachewire-sidecar {probe}")
+    except BaseException:
+        proc.kill()  # not left running when it did not get ready
+        raise
     return proc
 
 

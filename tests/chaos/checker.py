@@ -264,6 +264,8 @@ class Checker:
             if age > bound:
                 fig.violations += 1
                 fig.details.append(f"{stale}: read {age:.3f}s after {newer}")
+        if fig.violations:  # when the faults were, to read the violations against
+            fig.details.insert(0, f"faults: {[(round(t, 3), what) for t, what in self.faults]}")
         fig.p50, fig.p99 = quantile(latencies, 0.5), quantile(latencies, 0.99)
         fig.max = max(latencies, default=0.0)
         return fig

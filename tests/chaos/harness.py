@@ -109,13 +109,28 @@ class Deployment:
     readers: list[MemcachedReader | AppReader | RedisReader] = field(default_factory=list)
     monitors: list[RedisMonitor] = field(default_factory=list)
     writers: list[Writer] = field(default_factory=list)
-    extra: list[Service] = field(default_factory=list)
 
     # --- start ---
 
     def start(self) -> Deployment:
         o = self.opts
-        pool = ThreadPoolExecutor(8)
+        with ThreadPoolExecutor(8) as pool:  # processes start in parallel
+            self._start_processes(pool)
+        for node in self.nodes:
+            cache = RecordingCache(self.checker.cache(f"app{node.index}"))
+            node.app = Invalidator(
+                f"127.0.0.1:{node.relay_port}",
+                topics=["user"],
+                cache=cache,
+                max_staleness=o.max_staleness,
+                backoff_base=0.05,
+                backoff_cap=0.5,
+            ).start()
+        self.wait_ready()
+        return self
+
+    def _start_processes(self, pool: ThreadPoolExecutor) -> None:
+        o = self.opts
         if o.broker == "redis" and o.redis_url is None:
             port = free_port()
             aof = self.tmp / "redis" if o.aof else None
@@ -137,19 +152,6 @@ class Deployment:
                 [node.memcached.port], lambda log=tap_log: MemcachedTap(log)
             )
         list(pool.map(lambda n: n.sidecar.up(), self.nodes))
-        pool.shutdown()
-        for node in self.nodes:
-            cache = RecordingCache(self.checker.cache(f"app{node.index}"))
-            node.app = Invalidator(
-                f"127.0.0.1:{node.relay_port}",
-                topics=["user"],
-                cache=cache,
-                max_staleness=o.max_staleness,
-                backoff_base=0.05,
-                backoff_cap=0.5,
-            ).start()
-        self.wait_ready()
-        return self
 
     def _hub(self, i: int) -> Service:
         o = self.opts
@@ -298,7 +300,7 @@ class Deployment:
                 node.memcached.proc.stop()
             if node.redis_cache is not None and node.redis_cache.proc:
                 node.redis_cache.proc.stop()
-        for service in [*self.hubs, *self.extra]:
+        for service in self.hubs:
             if service.proc:
                 service.proc.stop()
         if self.redis is not None and self.redis.proc:

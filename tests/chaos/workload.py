@@ -73,6 +73,8 @@ class Writer(threading.Thread):
         attempts = 0
         while True:
             attempts += 1
+            if self.via == "cli":
+                self._start_cli()  # not part of the attempt: a process start takes a while
             sent_at = now()
             try:
                 event_id = self._publish(event)
@@ -131,18 +133,27 @@ class Writer(threading.Thread):
         with urllib.request.urlopen(request, timeout=self.timeout) as resp:
             return str(json.load(resp)["ids"][0])
 
-    def _publish_cli(self, port: int, event: dict[str, object]) -> str:
-        """One line to a running `cachewire publish` (NDJSON on stdin); its id on stdout."""
+    def _start_cli(self) -> None:
+        """A running `cachewire publish` for the current hub. `--retry-for 0`: it gives up
+        at once, and this writer retries (so every attempt it makes is timed)."""
+        ports = self.http()
+        port = ports[self._turn % len(ports)]
         if self._cli is None or self._cli.poll() is not None or self._cli_port != port:
             self._close_cli()
+            argv = [str(BIN / "cachewire"), "publish", "--hub-url", f"http://127.0.0.1:{port}"]
             self._cli = subprocess.Popen(
-                [str(BIN / "cachewire"), "publish", "--hub-url", f"http://127.0.0.1:{port}"],
+                [*argv, "--retry-for", "0"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 text=True,
             )
             self._cli_port = port
+
+    def _publish_cli(self, port: int, event: dict[str, object]) -> str:
+        """One line to the running `cachewire publish` (NDJSON on stdin); its id on stdout."""
+        if self._cli is None or self._cli.poll() is not None or self._cli_port != port:
+            raise OSError("cachewire publish is not running for this hub")
         assert self._cli.stdin is not None and self._cli.stdout is not None
         self._cli.stdin.write(json.dumps(event) + "\n")
         self._cli.stdin.flush()

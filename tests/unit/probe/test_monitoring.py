@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import yaml
 from prometheus_client import CollectorRegistry
 
 from cachewire.probe.core import Outcome, ProbeMetrics
@@ -35,4 +36,7 @@ def test_rules_and_dashboard_use_exported_metrics() -> None:
     used = set(re.findall(r"cachewire_[a-z_]+", rule + "\n".join(exprs)))
     assert used, "no metric found"
     assert used <= known, used - known
-    assert "kind: PrometheusRule" in rule and "cachewire_probe_violations_total" in rule
+    parsed = yaml.safe_load(rule)
+    assert parsed["kind"] == "PrometheusRule"
+    alerts = {r["alert"]: r for g in parsed["spec"]["groups"] for r in g["rules"]}
+    assert "cachewire_probe_violations_total" in alerts["CachewireStalenessBoundViolated"]["expr"]
