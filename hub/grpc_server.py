@@ -37,7 +37,8 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 HEALTH_POLL = 1.0
 # Keepalive (gRPC core's doc/keepalive.md): ping idle connections to find dead peers of
 # idle streams (Plasma relied on TCP alone), with no cap on pings while no data flows; and
-# accept client pings as often as every 10 s, also on connections without calls.
+# accept client pings as often as every 10 s, also on connections without calls; a client
+# that pings more often is sent GOAWAY after two strikes (enforcement).
 SERVER_OPTIONS = (
     ("grpc.so_reuseport", 0),
     ("grpc.keepalive_time_ms", 30_000),
@@ -45,9 +46,23 @@ SERVER_OPTIONS = (
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 2),
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def connection_age(age: float | None, grace: float) -> tuple[tuple[str, int], ...]:
+    """Connections are asked to go away (GOAWAY) after `age`, which gRPC core jitters by
+    ±10 % per connection, and closed `grace` later: long-lived streams then reconnect,
+    through the Service, so they spread over replicas added since (an HPA scale-out)."""
+    if age is None:
+        return ()
+    return (
+        ("grpc.max_connection_age_ms", round(age * 1000)),
+        ("grpc.max_connection_age_grace_ms", round(grace * 1000)),
+    )
 
 
 async def _abort(context: Any, exc: Exception) -> None:
@@ -114,7 +129,7 @@ class GrpcServer:
         self._hub = hub
         self._streams: set[Outbox] = set()
         self._calls = Calls()
-        self._health = Health(lambda: hub.broker.ready() and not hub.stopping)
+        self._health = Health(lambda: hub.broker.ready() and not (hub.stopping or hub.draining))
         self._server: Any = None
         self._poll: asyncio.Task[None] | None = None
 
@@ -154,6 +169,10 @@ class GrpcServer:
             options=(
                 *SERVER_OPTIONS,
                 ("grpc.max_receive_message_length", s.max_body),
+                ("grpc.max_concurrent_streams", s.max_streams),
+                ("grpc.server_handshake_timeout_ms", int(s.header_timeout * 1000)),
+                ("grpc.max_connection_idle_ms", int(s.idle_timeout * 1000)),
+                *connection_age(s.max_connection_age, s.max_connection_age_grace),
             )
         )
         for service, methods in self._handlers().items():
@@ -175,6 +194,9 @@ class GrpcServer:
         await self._health.refresh()
         self._poll = asyncio.create_task(self._poll_health())
         return bound
+
+    async def refresh_health(self) -> None:
+        await self._health.refresh()
 
     async def _poll_health(self) -> None:
         while True:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -16,6 +17,7 @@ from aiohttp import web
 from cachewire.hub import http_api, sse, telemetry
 from cachewire.hub.brokers.base import Broker
 from cachewire.hub.brokers.memory import MemoryBroker
+from cachewire.hub.connections import GuardedSite, Limits
 from cachewire.hub.core import Fanout
 from cachewire.hub.metrics import make_registry
 from cachewire.hub.settings import HubSettings
@@ -32,7 +34,7 @@ def make_broker(settings: HubSettings) -> Broker:
         from cachewire.hub.brokers.redis import RedisBroker
 
         return RedisBroker(settings)
-    return MemoryBroker(settings.history)
+    return MemoryBroker(settings.history, history_bytes=settings.history_bytes)
 
 
 class Hub:
@@ -43,9 +45,15 @@ class Hub:
         self.registry = make_registry(self)
         self.flusher = sse.Flusher()
         self.stopping = False
+        self.draining = False  # SIGTERM: not ready, still serving (drain())
         self.http_port = 0
         self.grpc_port: int | None = None
         self._runner: web.AppRunner | None = None
+        self.connections = Limits(
+            self.settings.max_connections,
+            self.settings.max_connections_per_client,
+            self.settings.header_timeout,
+        )
         self._site: web.TCPSite | None = None
         self._grpc: GrpcServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -67,10 +75,14 @@ class Hub:
         self.fanout.last_pos = self.broker.position(self.fanout.last_id) or (0, 0)
         # 2. HTTP: SSE, publish, health, metrics.
         self._runner = web.AppRunner(
-            self.make_app(), handler_cancellation=True, shutdown_timeout=s.grace, access_log=None
+            self.make_app(),
+            handler_cancellation=True,
+            shutdown_timeout=s.grace,
+            access_log=None,
+            keepalive_timeout=s.idle_timeout,
         )
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, s.host, s.http_port, reuse_port=False)
+        self._site = GuardedSite(self._runner, s.host, s.http_port, self.connections)
         await self._site.start()
         sockets = getattr(self._site._server, "sockets", None)  # asyncio's Server or uvloop's
         assert sockets
@@ -104,6 +116,44 @@ class Hub:
         while True:
             await asyncio.sleep(interval)
             self.fanout.heartbeat(kinds)
+
+    async def drain(self) -> None:
+        """SIGTERM in a cluster: leave the load balancers first, then the clients; stop() after.
+
+        Ending every stream at once would send all their clients to the other replicas in
+        one reconnect storm, and a pod that stops serving before its endpoint is removed
+        refuses the connections still routed to it. So:
+        """
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        # 1. Not ready (/readyz 503, gRPC health NOT_SERVING) but serving as before, for
+        #    --drain-delay: endpoints and balancers stop sending new clients meanwhile.
+        self.draining = True
+        if self._grpc is not None:
+            await self._grpc.refresh_health()
+        log.info("hub draining", extra={"delay": s.drain_delay, "window": s.drain_window})
+        await asyncio.sleep(s.drain_delay)
+        # 2. End the streams one by one, spread evenly over --drain-window in random
+        #    order; SSE clients get a jittered `retry:` so their reconnects spread further.
+        #    Each client resumes elsewhere from its last id (Last-Event-ID, resume_from).
+        if s.drain_window <= 0:
+            return  # stop() ends them all at once
+        subs = list(self.fanout.subscriptions())
+        random.shuffle(subs)
+        start = loop.time()
+        for i, sub in enumerate(subs):
+            wait = start + s.drain_window * i / len(subs) - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if sub.closed:
+                continue
+            self.fanout.unsubscribe(sub)
+            if isinstance(sub.sink, sse.SseSink):
+                retry = round(s.sse_retry * random.uniform(0.5, 1.5))
+                sub.sink.send_frame(f"retry: {retry}\n\n".encode())
+            sub.sink.close()
+        # 3. Then the caller stop()s: what is left (streams opened meanwhile, requests in
+        #    flight) ends as on any stop.
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.grace if grace is None else grace

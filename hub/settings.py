@@ -31,6 +31,11 @@ from cachewire.hub.errors import ConfigError
 
 BrokerKind = Literal["memory", "redis"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+# gRPC's default receive limit (4 MiB), which the sidecar's --max-message-bytes defaults to
+# and which Plasma's and most apps' clients keep; one event, and one Subscribe batch, stay
+# below it with room for the message's own framing.
+GRPC_MESSAGE_LIMIT = 4 << 20
+MAX_GRPC_PAYLOAD = GRPC_MESSAGE_LIMIT - (64 << 10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +46,27 @@ class HubSettings:
     heartbeat: float = 15.0
     subscribe_heartbeat: float = 1.0
     history: int = 100_000
+    history_bytes: int = 64 << 20
     sse_retry: int = 2000
     sse_event_query: str = "eventType"
     cors_origin: str = ""
     max_body: int = 1 << 20
     max_keys: int = 10_000
+    max_prefixes: int = 100
+    max_events: int = 1000
+    subscribe_batch_bytes: int = 1 << 20
     queue_size: int = 10_000
+    max_topics: int = 100
+    max_streams: int = 100
+    header_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    max_connections: int = 10_000
+    max_connections_per_client: int = 1_000
     grace: float = 5.0
+    drain_delay: float = 5.0
+    drain_window: float = 10.0
+    max_connection_age: float | None = 1800.0
+    max_connection_age_grace: float = 30.0
     broker: BrokerKind = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_stream: str = "{cachewire}:events"
@@ -56,6 +75,18 @@ class HubSettings:
     idempotency_window: float = 300.0
     loop: LoopKind = "auto"
     log_level: LogLevel = "info"
+
+    def __post_init__(self) -> None:
+        # Every message the hub sends must fit what any gRPC client receives by default.
+        for flag, value in (
+            ("--max-body", self.max_body),
+            ("--subscribe-batch-bytes", self.subscribe_batch_bytes),
+        ):
+            if value > MAX_GRPC_PAYLOAD:
+                raise ConfigError(
+                    f"{flag}={value} is above {MAX_GRPC_PAYLOAD} bytes: gRPC clients receive "
+                    f"messages of at most {GRPC_MESSAGE_LIMIT} bytes by default"
+                )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> HubSettings:
@@ -74,6 +105,10 @@ class Option:
 def _broker(text: str) -> str:
     # Plasma's default "mock" emits fake events; cachewire's embedded broker replaces it.
     return "memory" if text.lower() == "mock" else choice("memory", "redis")(text)
+
+
+def _optional_seconds(text: str) -> float | None:
+    return None if text.lower() in ("off", "none", "") else seconds(text)
 
 
 def _redis_url(text: str) -> str:
@@ -120,6 +155,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("history", "--history", "events kept for resume", ("CACHEWIRE_HISTORY",), positive_int),
     Option(
+        "history_bytes",
+        "--history-bytes",
+        "bytes of events kept for resume (memory broker; the oldest leave first)",
+        ("CACHEWIRE_HISTORY_BYTES",),
+        positive_int,
+    ),
+    Option(
         "sse_retry",
         "--sse-retry",
         "SSE retry: value sent to clients, milliseconds",
@@ -142,7 +184,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max_body",
         "--max-body",
-        "largest publish body, bytes",
+        "largest publish body, and largest event encoded, bytes (at most 4 MiB - 64 KiB)",
         ("CACHEWIRE_MAX_BODY",),
         positive_int,
     ),
@@ -154,10 +196,74 @@ OPTIONS: tuple[Option, ...] = (
         positive_int,
     ),
     Option(
+        "max_prefixes",
+        "--max-prefixes",
+        "most prefixes in one event (each costs every sidecar a keyspace scan)",
+        ("CACHEWIRE_MAX_PREFIXES",),
+        positive_int,
+    ),
+    Option(
+        "max_events",
+        "--max-events",
+        "most events in one publish request",
+        ("CACHEWIRE_MAX_EVENTS",),
+        positive_int,
+    ),
+    Option(
+        "subscribe_batch_bytes",
+        "--subscribe-batch-bytes",
+        "most bytes of events in one gRPC Subscribe message (one larger event leaves alone)",
+        ("CACHEWIRE_SUBSCRIBE_BATCH_BYTES",),
+        positive_int,
+    ),
+    Option(
         "queue_size",
         "--queue-size",
         "events a subscriber may fall behind before it is reset and dropped",
         ("CACHEWIRE_QUEUE_SIZE",),
+        positive_int,
+    ),
+    Option(
+        "max_topics",
+        "--max-topics",
+        "most topics in one subscription (SSE, gRPC Subscribe, Plasma Events)",
+        ("CACHEWIRE_MAX_TOPICS",),
+        positive_int,
+    ),
+    Option(
+        "max_streams",
+        "--max-streams",
+        "most concurrent gRPC streams on one connection",
+        ("CACHEWIRE_MAX_STREAMS",),
+        positive_int,
+    ),
+    Option(
+        "header_timeout",
+        "--header-timeout",
+        "seconds a new connection has to send a complete request header (HTTP), or to "
+        "finish its handshake (gRPC)",
+        ("CACHEWIRE_HEADER_TIMEOUT",),
+        seconds,
+    ),
+    Option(
+        "idle_timeout",
+        "--idle-timeout",
+        "seconds an HTTP keep-alive connection, or a gRPC connection without a call, may idle",
+        ("CACHEWIRE_IDLE_TIMEOUT",),
+        seconds,
+    ),
+    Option(
+        "max_connections",
+        "--max-connections",
+        "most open HTTP connections (SSE streams included); more are closed at once",
+        ("CACHEWIRE_MAX_CONNECTIONS",),
+        positive_int,
+    ),
+    Option(
+        "max_connections_per_client",
+        "--max-connections-per-client",
+        "most open HTTP connections from one client address",
+        ("CACHEWIRE_MAX_CONNECTIONS_PER_CLIENT",),
         positive_int,
     ),
     Option(
@@ -166,6 +272,34 @@ OPTIONS: tuple[Option, ...] = (
         "seconds to end streams and finish requests on SIGTERM",
         ("CACHEWIRE_GRACE",),
         non_negative_seconds,
+    ),
+    Option(
+        "drain_delay",
+        "--drain-delay",
+        "on SIGTERM, seconds to keep serving while not ready (endpoints update)",
+        ("CACHEWIRE_DRAIN_DELAY",),
+        non_negative_seconds,
+    ),
+    Option(
+        "drain_window",
+        "--drain-window",
+        "on SIGTERM, after the delay: seconds over which streams are ended, spread out",
+        ("CACHEWIRE_DRAIN_WINDOW",),
+        non_negative_seconds,
+    ),
+    Option(
+        "max_connection_age",
+        "--max-connection-age",
+        "seconds before a gRPC connection is asked to reconnect, jittered by a tenth (off: never)",
+        ("CACHEWIRE_MAX_CONNECTION_AGE",),
+        _optional_seconds,
+    ),
+    Option(
+        "max_connection_age_grace",
+        "--max-connection-age-grace",
+        "seconds a gRPC connection past its age keeps its streams before it is closed",
+        ("CACHEWIRE_MAX_CONNECTION_AGE_GRACE",),
+        seconds,
     ),
     Option(
         "broker",
@@ -247,7 +381,7 @@ def build_parser(prog: str = "cachewire-hub") -> argparse.ArgumentParser:
             dest=opt.field,
             default=None,
             metavar="VALUE",
-            help=f"{opt.help} [env: {envs}]",
+            help=f"{opt.help} [env: {envs}]".replace("%", "%%"),  # argparse formats help with %
         )
     return parser
 

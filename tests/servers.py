@@ -170,6 +170,8 @@ def start_hub(
     `exe` is the `cachewire` command to run (another install's, for the wheel test)."""
     http_port = http_port or free_port()
     argv = [str(exe), "hub", "--http-port", str(http_port)]
+    if "--drain-delay" not in args and "CACHEWIRE_DRAIN_DELAY" not in (env or {}):
+        argv += ["--drain-delay", "0", "--drain-window", "0"]  # SIGTERM stops at once
     ports = {"http": http_port}
     if grpc:
         grpc_port = grpc_port or free_port()

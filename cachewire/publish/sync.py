@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cachewire.publish.client import AsyncPublisher, Options
+from cachewire.publish.errors import PublishError
+
+log = logging.getLogger("cachewire.publish")
 
 
 class Publisher:
@@ -90,3 +94,10 @@ class Publisher:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout)
         self._loop.close()
+
+
+def log_failure(future: concurrent.futures.Future[str]) -> None:
+    """A done-callback for a submitted event nobody waits for: log it when it failed."""
+    exc = future.exception()
+    if isinstance(exc, PublishError):
+        log.error("publish failed", extra={"error": str(exc)})

@@ -36,7 +36,7 @@ def cluster() -> Iterator[tuple[Proc, list[Proc]]]:
 
 def stream_length(server: Proc) -> int:
     with redis.Redis(port=server.port) as client:
-        return int(client.xlen("cachewire:events"))
+        return int(client.xlen("{cachewire}:events"))
 
 
 async def post(hub: Proc, body: Any, key: str) -> dict[str, Any]:
@@ -64,8 +64,8 @@ async def test_a_retry_on_another_replica_answers_the_first_ids(
     assert again == first
     assert stream_length(server) == length
     with redis.Redis(port=server.port, decode_responses=True) as client:
-        assert client.get("cachewire:events:idem:move-1") == " ".join(first["ids"])
-        assert 0 < client.pttl("cachewire:events:idem:move-1") <= 300_000
+        assert client.get("{cachewire}:events:idem:move-1") == " ".join(first["ids"])
+        assert 0 < client.pttl("{cachewire}:events:idem:move-1") <= 300_000
 
 
 async def test_concurrent_retries_on_both_replicas_store_once(

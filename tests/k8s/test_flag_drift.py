@@ -28,9 +28,6 @@ PENDING = {
     "CACHEWIRE_ADMIN_PORT",
     "CACHEWIRE_ADMIN_HOST",
     "CACHEWIRE_SIDECAR_TOKEN_FILE",
-    # issue 12 part 5 (this branch, graceful drain), until it lands
-    "CACHEWIRE_DRAIN_DELAY",
-    "CACHEWIRE_DRAIN_WINDOW",
 }
 
 

@@ -115,3 +115,47 @@ def test_cli_reports_a_bad_annotation_and_prints_nothing() -> None:
     assert result.returncode == 1
     assert result.stdout == ""
     assert "Deployment/bare: cachewire.io/await='later'" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"])
+def test_every_workload_kind_gets_its_template_injected(kind: str) -> None:
+    from cachewire.k8s.workloads import inject_document
+
+    template = golden.as_template(golden.pod("bare"))
+    doc = {"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": "w"}}
+    doc["spec"] = {"template": template}
+    out = inject_document(doc, golden.CONFIG)
+    assert out["spec"]["template"] == golden.as_template(golden.expected("bare"))
+    assert doc["spec"]["template"] == template  # the input is left alone
+
+
+def test_wait_returns_once_the_url_answers() -> None:
+    """`cachewire wait URL` (the classic sidecar's postStart): 0 once it answers 200,
+    1 with a message when it does not within --timeout."""
+    import http.server
+    import threading
+
+    from tests.servers import free_port
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    port = free_port()
+    wait = [sys.executable, "-m", "cachewire", "wait", f"http://127.0.0.1:{port}/healthz"]
+    failed = subprocess.run([*wait, "--timeout", "0.3"], capture_output=True, text=True)
+    assert failed.returncode == 1
+    assert "not ready after 0.3s" in failed.stderr
+    waiting = subprocess.Popen([*wait, "--timeout", "30"])
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert waiting.wait(30) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+        waiting.kill()
