@@ -124,9 +124,8 @@ class Guard(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses (an assert here refused
-        # every connection under uvloop, the default loop); both have what we use.
-        self._transport = transport = cast(asyncio.Transport, transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport
+        self._transport = transport
         peer = transport.get_extra_info("peername")
         self._client = str(peer[0]) if isinstance(peer, tuple) else str(peer or "")
         refused = self._limits.admit(self._client)
