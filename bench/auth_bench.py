@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--calls", type=int, default=20_000, help="per decision-cost run")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
 
@@ -110,7 +111,7 @@ def main() -> None:
                 rps = asyncio.run(round_rps(ports[name], headers, args.requests, args.clients))
                 results[name].append(rps)
 
-    costs = asyncio.run(decision_cost(keys, token))
+    costs = asyncio.run(decision_cost(keys, token, args.calls))
     base = statistics.median(results["off"])
     if args.markdown:
         print(
