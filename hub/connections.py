@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections import Counter
 from typing import Any, cast
 
@@ -122,10 +123,9 @@ class Guard(asyncio.Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport | None = None
 
-    def connection_made(self, base: asyncio.BaseTransport) -> None:
-        # Not isinstance(asyncio.Transport): uvloop's TCPTransport is not a subclass of it
-        # (it refused every connection under the default uvloop); it has the same methods.
-        transport = self._transport = cast(asyncio.Transport, base)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport
+        self._transport = transport
         peer = transport.get_extra_info("peername")
         self._client = str(peer[0]) if isinstance(peer, tuple) else str(peer or "")
         refused = self._limits.admit(self._client)
@@ -202,8 +202,15 @@ class Guard(asyncio.Protocol):
 class GuardedSite(web.TCPSite):
     """`TCPSite` whose connections go through a `Guard` sharing one `Limits`."""
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int, limits: Limits) -> None:
-        super().__init__(runner, host, port, reuse_port=False)
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        host: str,
+        port: int,
+        limits: Limits,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__(runner, host, port, reuse_port=False, ssl_context=ssl_context)
         self.limits = limits
 
     async def start(self) -> None:
@@ -217,5 +224,7 @@ class GuardedSite(web.TCPSite):
         def factory() -> asyncio.Protocol:
             return Guard(JsonErrors(server, loop=loop, **kwargs), limits)
 
-        self._server = await loop.create_server(factory, self._host, self._port)
+        self._server = await loop.create_server(
+            factory, self._host, self._port, ssl=self._ssl_context
+        )
         self._bound_port = self._server.sockets[0].getsockname()[1]
