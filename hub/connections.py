@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
@@ -122,9 +122,10 @@ class Guard(asyncio.Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # A stream transport: asyncio's, or uvloop's (the default loop), which does not
+        # subclass asyncio.Transport, so no isinstance check here.
+        transport = self._transport = cast(asyncio.Transport, base)
         peer = transport.get_extra_info("peername")
         self._client = str(peer[0]) if isinstance(peer, tuple) else str(peer or "")
         refused = self._limits.admit(self._client)
