@@ -4,6 +4,7 @@ HubError
 ├── InvalidInput        bad publish or subscribe input     → 400 / INVALID_ARGUMENT
 │   └── TooLarge        body or batch over a limit          → 413 / INVALID_ARGUMENT
 ├── Unavailable         broker down (e.g. Redis outage)     → 503 / UNAVAILABLE
+├── Overloaded          fan-out behind, publish waited      → 503 + Retry-After / RESOURCE_EXHAUSTED
 └── ConfigError         bad setting at start-up             → one-line message, exit 2
 """
 
@@ -31,6 +32,14 @@ class TooLarge(InvalidInput):
 class Unavailable(HubError):
     http_status = 503
     grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class Overloaded(HubError):
+    """The hub is behind delivering: the publisher should retry after `retry_after` s."""
+
+    http_status = 503
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    retry_after = 1
 
 
 class ConfigError(HubError):

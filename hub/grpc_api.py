@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from cachewire.hub import telemetry
 from cachewire.hub.brokers.base import ResetReason
+from cachewire.hub.core import Pressure, Tracked
 from cachewire.hub.errors import HubError, InvalidInput, Unavailable
 from cachewire.hub.events import Draft, Event, data_json_from_text, make_draft, parse_topics
 from cachewire.v1 import hub_pb2
@@ -37,6 +38,7 @@ RESET_REASONS: dict[ResetReason, hub_pb2.ResetReason] = {
     "unknown_id": hub_pb2.RESET_REASON_UNKNOWN_ID,
     "slow_consumer": hub_pb2.RESET_REASON_SLOW_CONSUMER,
 }
+NEVER = 1 << 62
 SHUTTING_DOWN = "the hub is shutting down: reconnect (to another replica) and resume"
 
 
@@ -75,7 +77,7 @@ class EncodeCache:
         return data
 
 
-class Outbox:
+class Outbox(Tracked):
     """A stream's bounded queue, and the wake-up of its single writer coroutine.
 
     Events count against `limit`; control messages (pre-encoded bytes: resets, heartbeats)
@@ -90,12 +92,16 @@ class Outbox:
         self.finished = False
         self.error: HubError | None = None
         self._wake = asyncio.Event()
+        self._lag_at = NEVER  # put reports the backlog from here on (see watch)
 
     def put(self, event: Event) -> bool:
-        if self.events >= self.limit:
+        n = self.events
+        if n >= self.limit and self._over(n, self.limit):
             return False
         self.items.append(event)
-        self.events += 1
+        self.events = n = n + 1
+        if n >= self._lag_at:
+            self._grew(n)
         self._wake.set()
         return True
 
@@ -103,7 +109,12 @@ class Outbox:
         before = len(self.items)
         self.items.extend(events)
         self.events += len(self.items) - before
+        self._grew(self.events)
         self._wake.set()
+
+    def watch(self, pressure: Pressure | None) -> None:
+        super().watch(pressure)
+        self._lag_at = NEVER if pressure is None else pressure.threshold
 
     def put_control(self, message: bytes) -> None:
         self.items.append(message)
@@ -119,6 +130,8 @@ class Outbox:
         while items and len(run) < max_events and not isinstance(items[0], bytes):
             run.append(items.popleft())  # type: ignore[arg-type]  # not bytes: an Event
         self.events -= len(run)
+        if self.lagging:
+            self._shrank(self.events)
         return run
 
     def pop(self) -> Event | bytes:
@@ -126,11 +139,15 @@ class Outbox:
         item = self.items.popleft()
         if not isinstance(item, bytes):
             self.events -= 1
+            if self.lagging:
+                self._shrank(self.events)
         return item
 
     def clear(self) -> None:
         self.items.clear()
         self.events = 0
+        if self.lagging:
+            self._shrank(0)
 
     def finish(self, error: HubError | None = None, *, discard: bool = False) -> None:
         if self.finished:
@@ -187,6 +204,9 @@ class OutboxSink(ABC):
 
     def send(self, event: Event) -> bool:
         return self.outbox.put(event)
+
+    def watch(self, pressure: Pressure | None) -> None:
+        self.outbox.watch(pressure)
 
     def send_replay(self, events: list[Event]) -> None:
         self.outbox.put_all(events)
@@ -314,6 +334,7 @@ class HubService:
     ) -> hub_pb2.PublishResponse:
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         drafts = drafts_from_request(request, metadata, self._hub.settings.max_keys)
+        await self._hub.fanout.pressure.admit()  # the hub is behind: wait, or RESOURCE_EXHAUSTED
         events = await telemetry.publish(self._hub.broker, drafts, "grpc", metadata)
         return hub_pb2.PublishResponse(ids=[e.id for e in events])
 

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from cachewire.hub.errors import HubError, Unavailable
+from cachewire.hub.errors import HubError, Overloaded, Unavailable
 from cachewire.hub.grpc_api import SHUTTING_DOWN, HubService, Outbox
 from cachewire.hub.grpc_plasma import StreamService
 from cachewire.v1 import hub_pb2, plasma_pb2
@@ -52,6 +52,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 async def _abort(context: Any, exc: Exception) -> None:
     """The one place where exceptions become gRPC statuses; clients never see a trace."""
+    if isinstance(exc, Overloaded):  # gRPC's retry policy honours the pushback trailer
+        pushback = (("grpc-retry-pushback-ms", str(exc.retry_after * 1000)),)
+        await context.abort(exc.grpc_code, str(exc), pushback)
     if isinstance(exc, HubError):
         await context.abort(exc.grpc_code, str(exc))
     log.error("unhandled error in a gRPC method", exc_info=exc)

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from cachewire.common.telemetry import exposition
 from cachewire.hub import sse, telemetry
-from cachewire.hub.errors import HubError, TooLarge
+from cachewire.hub.errors import HubError, Overloaded, TooLarge
 from cachewire.hub.events import drafts_from_json, parse_json
 
 if TYPE_CHECKING:
@@ -46,7 +46,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except HubError as exc:
-        return _rejected(request, exc.http_status, str(exc))
+        response = _rejected(request, exc.http_status, str(exc))
+        if isinstance(exc, Overloaded):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[sse.HUB].settings.max_body
         return _rejected(request, 413, f"request body is larger than the limit of {limit} bytes")
@@ -73,6 +76,7 @@ async def publish(request: web.Request) -> web.Response:
         traceparent=request.headers.get("traceparent", ""),
         tracestate=request.headers.get("tracestate", ""),
     )
+    await hub.fanout.pressure.admit()  # the hub is behind: wait, or 503 Retry-After
     events = await telemetry.publish(broker, drafts)
     return web.json_response({"ids": [e.id for e in events]})
 

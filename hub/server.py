@@ -16,7 +16,7 @@ from aiohttp import web
 from cachewire.hub import http_api, sse, telemetry
 from cachewire.hub.brokers.base import Broker
 from cachewire.hub.brokers.memory import MemoryBroker
-from cachewire.hub.core import Fanout
+from cachewire.hub.core import Fanout, Pressure
 from cachewire.hub.metrics import make_registry
 from cachewire.hub.settings import HubSettings
 
@@ -39,7 +39,9 @@ class Hub:
     def __init__(self, settings: HubSettings | None = None, broker: Broker | None = None) -> None:
         self.settings = settings or HubSettings()
         self.broker = broker or make_broker(self.settings)
-        self.fanout = Fanout(self.broker, self.settings.queue_size)
+        s = self.settings
+        pressure = Pressure(min(s.lag_threshold, max(1, s.queue_size // 2)), s.publish_wait)
+        self.fanout = Fanout(self.broker, s.queue_size, pressure)
         self.registry = make_registry(self)
         self.flusher = sse.Flusher()
         self.stopping = False

@@ -46,6 +46,8 @@ class HubSettings:
     max_body: int = 1 << 20
     max_keys: int = 10_000
     queue_size: int = 10_000
+    lag_threshold: int = 1_000
+    publish_wait: float = 5.0
     grace: float = 5.0
     broker: BrokerKind = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -156,6 +158,22 @@ OPTIONS: tuple[Option, ...] = (
         "events a subscriber may fall behind before it is reset and dropped",
         ("CACHEWIRE_QUEUE_SIZE",),
         positive_int,
+    ),
+    Option(
+        "lag_threshold",
+        "--lag-threshold",
+        "events a subscriber may hold undelivered before it counts as lagging (at most half "
+        "of --queue-size); while more than half lag, publishes wait (docs/hub.md, Overload)",
+        ("CACHEWIRE_LAG_THRESHOLD",),
+        positive_int,
+    ),
+    Option(
+        "publish_wait",
+        "--publish-wait",
+        "longest a publish waits while the hub is behind; then 503 Retry-After / "
+        "RESOURCE_EXHAUSTED",
+        ("CACHEWIRE_PUBLISH_WAIT",),
+        non_negative_seconds,
     ),
     Option(
         "grace",
