@@ -134,14 +134,18 @@ class Outbox(Tracked):
             self._shrank(self.events)
         return run
 
-    def pop(self) -> Event | bytes:
-        """The next item alone (a stream of one message per event writes them one by one)."""
-        item = self.items.popleft()
-        if not isinstance(item, bytes):
-            self.events -= 1
-            if self.lagging:
-                self._shrank(self.events)
-        return item
+    def take_all(self, most: int) -> list[Event | bytes]:
+        """Up to `most` items at the head, events and control messages alike, in order."""
+        items = self.items
+        if len(items) <= most:
+            run = list(items)
+            items.clear()
+        else:
+            run = [items.popleft() for _ in range(most)]
+        self.events -= sum(1 for m in run if not isinstance(m, bytes))
+        if self.lagging:
+            self._shrank(self.events)
+        return run
 
     def clear(self) -> None:
         self.items.clear()

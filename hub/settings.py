@@ -49,6 +49,7 @@ class HubSettings:
     lag_threshold: int = 1_000
     publish_wait: float = 5.0
     grace: float = 5.0
+    grpc_held_writes: Literal["auto", "off"] = "auto"
     broker: BrokerKind = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_stream: str = "cachewire:events"
@@ -181,6 +182,15 @@ OPTIONS: tuple[Option, ...] = (
         "seconds to end streams and finish requests on SIGTERM",
         ("CACHEWIRE_GRACE",),
         non_negative_seconds,
+    ),
+    Option(
+        "grpc_held_writes",
+        "--grpc-held-writes",
+        "auto: in a burst, Plasma Events messages leave several per TCP write (a grpcio-"
+        "internal call, verified grpcio releases only); off: public grpcio API only "
+        "(docs/grpc-plasma-performance.md)",
+        ("CACHEWIRE_GRPC_HELD_WRITES",),
+        choice("auto", "off"),
     ),
     Option(
         "broker",
