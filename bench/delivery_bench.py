@@ -168,7 +168,8 @@ def aio_generator(h: Hub, k: int, events: int, rate: float) -> dict[str, Any]:
             await asyncio.Event().wait()  # keep the stream open
 
         async def read(i: int) -> None:
-            call = plasma_pb2_grpc.StreamServiceStub(channels[i]).Events(requests())
+            stub = plasma_pb2_grpc.StreamServiceStub(channels[i])  # type: ignore[no-untyped-call]
+            call = stub.Events(requests())
             async for payload in call:
                 sent = int(payload.data.split("ts=")[1].split()[0])
                 latencies.append(time.time_ns() - sent)
@@ -217,9 +218,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def generate(
-    args: argparse.Namespace, h: Hub, k: int, events: int, rate: float
-) -> dict[str, Any]:
+def generate(args: argparse.Namespace, h: Hub, k: int, events: int, rate: float) -> dict[str, Any]:
     if args.grpcbench:
         return grpcbench(args.grpcbench, h, k, events, rate, args.gen_cpu, args.max_time)
     return aio_generator(h, k, events, rate)
