@@ -11,7 +11,7 @@ never confirmed is reported as lost.
 - `latency`: single-event publishes (HTTP `POST /v1/publish` or gRPC `Publish`), paced at
   --rates events/s for --seconds; percentiles of publisher send → confirmed delete.
 - `throughput`: gRPC `Publish` with batches of --batch events, as fast as the hub answers
-  (--in-flight calls at once); invalidations/s = events / (last confirm − first send).
+  (--in-flight calls at once); invalidations/s = events / (last confirm - first send).
 
 The hub runs on CPU 0 (--hub-cpu), the sidecar and the publisher on CPU 1 (--client-cpu):
 on a 2-core machine the sidecar and the publisher share a core.
@@ -52,7 +52,7 @@ def taskset(cpu: str) -> list[str]:
 
 class Confirming:
     """Wraps the real memcached sink: after each confirmed batch, notes every event's
-    latency (now − the publisher's send time carried in the event)."""
+    latency (now - the publisher's send time carried in the event)."""
 
     def __init__(self, inner: Any, expect: int, done: asyncio.Event) -> None:
         self.inner = inner
