@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from cachewire.common import logs
+from cachewire.hub import workers
 from cachewire.hub.errors import ConfigError
 from cachewire.hub.server import Hub
 from cachewire.hub.settings import HubSettings, parse
@@ -30,12 +31,17 @@ async def serve(settings: HubSettings) -> None:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "cachewire-hub") -> None:
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        settings = parse(HubSettings, sys.argv[1:] if argv is None else argv, prog=prog)
+        settings = parse(HubSettings, argv, prog=prog)
+        if settings.workers > 1:
+            workers.check(settings)
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     logs.setup(settings.log_level)
+    if settings.workers > 1 and not workers.is_worker():
+        raise SystemExit(workers.supervise(settings, argv))
     try:
         asyncio.run(serve(settings))
     except OSError as exc:  # e.g. the port is taken

@@ -39,7 +39,6 @@ HEALTH_POLL = 1.0
 # idle streams (Plasma relied on TCP alone), with no cap on pings while no data flows; and
 # accept client pings as often as every 10 s, also on connections without calls.
 SERVER_OPTIONS = (
-    ("grpc.so_reuseport", 0),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
@@ -153,6 +152,8 @@ class GrpcServer:
             options=(
                 *SERVER_OPTIONS,
                 ("grpc.max_receive_message_length", s.max_body),
+                # Off (a second hub on the port is an error), except --workers share it.
+                ("grpc.so_reuseport", int(s.workers > 1)),
             )
         )
         for service, methods in self._handlers().items():

@@ -75,7 +75,8 @@ class Hub:
             self.make_app(), handler_cancellation=True, shutdown_timeout=s.grace, access_log=None
         )
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, s.host, s.http_port, reuse_port=False)
+        shared = s.workers > 1  # --workers: every worker binds the same ports
+        self._site = web.TCPSite(self._runner, s.host, s.http_port, reuse_port=shared)
         await self._site.start()
         server = self._site._server
         assert isinstance(server, asyncio.base_events.Server)

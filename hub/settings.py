@@ -50,6 +50,7 @@ class HubSettings:
     publish_wait: float = 5.0
     grace: float = 5.0
     grpc_held_writes: Literal["auto", "off"] = "auto"
+    workers: int = 1
     broker: BrokerKind = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_stream: str = "cachewire:events"
@@ -191,6 +192,13 @@ OPTIONS: tuple[Option, ...] = (
         "(docs/grpc-plasma-performance.md)",
         ("CACHEWIRE_GRPC_HELD_WRITES",),
         choice("auto", "off"),
+    ),
+    Option(
+        "workers",
+        "--workers",
+        "hub processes sharing the ports (SO_REUSEPORT), each a replica; needs --broker redis",
+        ("CACHEWIRE_WORKERS",),
+        positive_int,
     ),
     Option(
         "broker",
