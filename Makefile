@@ -71,3 +71,16 @@ pytest:
 test: system-deps install pytest  ## install what the tests need, then run them
 
 check: system-deps install proto-check lint typecheck pytest  ## everything CI checks (lock-check first)
+
+# The load generator for the Plasma rows: grpcbench's HTTP/2 client (see bench/RESULTS.md,
+# "Delivery under load"). Without it, bench/delivery_bench.py uses its grpc.aio stand-in.
+GRPCBENCH ?=
+bench:  ## the delivery benchmarks (bench/RESULTS.md, "Delivery under load"), < 10 minutes
+	timeout 600 sh -c '\
+	$(PY) bench/delivery_bench.py plasma --targets held public --events 2000 --rounds 1 \
+		--grpcbench "$(GRPCBENCH)" && \
+	$(PY) bench/delivery_bench.py burst --targets held --burst 20000 --rounds 1 \
+		--grpcbench "$(GRPCBENCH)" && \
+	$(PY) bench/pipeline_bench.py latency --rates 1000 5000 --seconds 3 --rounds 1 && \
+	$(PY) bench/pipeline_bench.py throughput --events 100000 --rounds 1'
+
