@@ -35,7 +35,10 @@ _BAD_BYTE = re.compile(rb"[\x00-\x20\x7f]")  # whitespace and control characters
 
 def key_problem(key: str) -> str | None:
     """Why memcached cannot hold this key (so it cannot be stale there), or None."""
-    raw = key.encode()
+    return raw_key_problem(key.encode())
+
+
+def raw_key_problem(raw: bytes) -> str | None:
     if len(raw) > MAX_KEY_BYTES:
         return "too_long"
     if _BAD_BYTE.search(raw):
@@ -95,15 +98,16 @@ class MemcachedSink:
         pass  # connects on first use; a memcached that is down now is retried later
 
     async def apply(self, batch: Sequence[Invalidation]) -> None:
-        keys: list[str] = []
+        keys: list[bytes] = []  # encoded once: checked, then sent as they are
         prefixed: list[str] = []
+        bad = _BAD_BYTE.search
         for inv in batch:
             for key in inv.keys:
-                problem = key_problem(key)
-                if problem is None:
-                    keys.append(key)
+                raw = key.encode()
+                if len(raw) <= MAX_KEY_BYTES and not bad(raw):
+                    keys.append(raw)
                 else:
-                    self._skip(problem, key)
+                    self._skip(raw_key_problem(raw) or "unknown", key)
             prefixed.extend(inv.prefixes)
         if prefixed:
             await self._prefixes(prefixed)
@@ -111,9 +115,9 @@ class MemcachedSink:
         for i in range(0, len(unique), CHUNK):
             await self._delete(unique[i : i + CHUNK])
 
-    async def _delete(self, keys: list[str]) -> None:
+    async def _delete(self, keys: list[bytes]) -> None:
         """Quiet meta deletes and a no-op: `MN` alone means every delete succeeded."""
-        payload = b"".join([b"md %s q\r\n" % k.encode() for k in keys]) + b"mn\r\n"
+        payload = b"".join([b"md %b q\r\n" % k for k in keys]) + b"mn\r\n"
         errors = [line for line in await self._request(payload, b"MN") if line != b"NF"]
         if errors:
             raise SinkError(
