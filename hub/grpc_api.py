@@ -22,7 +22,14 @@ from cachewire.hub import telemetry
 from cachewire.hub.brokers.base import ResetReason
 from cachewire.hub.core import Pressure, Tracked
 from cachewire.hub.errors import HubError, InvalidInput, Unavailable
-from cachewire.hub.events import Draft, Event, data_json_from_text, make_draft, parse_topics
+from cachewire.hub.events import (
+    Draft,
+    Event,
+    data_json_from_text,
+    idempotency_key,
+    make_draft,
+    parse_topics,
+)
 from cachewire.v1 import hub_pb2
 
 if TYPE_CHECKING:
@@ -337,10 +344,37 @@ class HubService:
         self, request: hub_pb2.PublishRequest, context: Any
     ) -> hub_pb2.PublishResponse:
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-        drafts = drafts_from_request(request, metadata, self._hub.settings.max_keys)
+        return await self._publish(request, metadata)
+
+    async def PublishStream(
+        self, requests: AsyncIterator[hub_pb2.PublishRequest], context: Any
+    ) -> None:
+        """Each request stored and answered in turn, so the answers come in request order.
+        The first error ends the stream, naming the request by its index."""
+        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        index = 0
+        async for request in requests:
+            try:
+                response = await self._publish(request, metadata)
+            except HubError as exc:
+                raise type(exc)(f"request {index}: {exc}") from None
+            if not await write(context, response.SerializeToString()):
+                return
+            index += 1
+
+    async def _publish(
+        self, request: hub_pb2.PublishRequest, metadata: dict[str, str]
+    ) -> hub_pb2.PublishResponse:
+        """What Publish and PublishStream share: validation (as HTTP's), the idempotency
+        key, one append per request."""
+        settings = self._hub.settings
+        drafts = drafts_from_request(request, metadata, settings.max_keys)
+        key = idempotency_key(request.idempotency_key)
         await self._hub.fanout.pressure.admit()  # the hub is behind: wait, or RESOURCE_EXHAUSTED
-        events = await telemetry.publish(self._hub.broker, drafts, "grpc", metadata)
-        return hub_pb2.PublishResponse(ids=[e.id for e in events])
+        ids = await telemetry.publish_ids(
+            self._hub.broker, drafts, "grpc", metadata, key, settings.idempotency_window
+        )
+        return hub_pb2.PublishResponse(ids=ids)
 
     async def Subscribe(self, request: hub_pb2.SubscribeRequest, context: Any) -> None:
         topics = parse_topics(list(request.topics))

@@ -49,6 +49,18 @@ SERVER_OPTIONS = (
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def connection_age(age: float | None, grace: float) -> tuple[tuple[str, int], ...]:
+    """Connections are asked to go away (GOAWAY) after `age`, which gRPC core jitters by
+    ±10 % per connection, and closed `grace` later: long-lived streams then reconnect,
+    through the Service, so they spread over replicas added since (an HPA scale-out)."""
+    if age is None:
+        return ()
+    return (
+        ("grpc.max_connection_age_ms", round(age * 1000)),
+        ("grpc.max_connection_age_grace_ms", round(grace * 1000)),
+    )
+
+
 async def _abort(context: Any, exc: Exception) -> None:
     """The one place where exceptions become gRPC statuses; clients never see a trace."""
     if isinstance(exc, Overloaded):  # gRPC's retry policy honours the pushback trailer
@@ -116,7 +128,7 @@ class GrpcServer:
         self._hub = hub
         self._streams: set[Outbox] = set()
         self._calls = Calls()
-        self._health = Health(lambda: hub.broker.ready() and not hub.stopping)
+        self._health = Health(lambda: hub.broker.ready() and not (hub.stopping or hub.draining))
         self._server: Any = None
         self._poll: asyncio.Task[None] | None = None
 
@@ -131,6 +143,10 @@ class GrpcServer:
                     guard(api.Publish),
                     request_deserializer=hub_pb2.PublishRequest.FromString,
                     response_serializer=hub_pb2.PublishResponse.SerializeToString,
+                ),
+                "PublishStream": grpc.stream_stream_rpc_method_handler(
+                    guard(api.PublishStream),
+                    request_deserializer=hub_pb2.PublishRequest.FromString,
                 ),
                 "Subscribe": grpc.unary_stream_rpc_method_handler(
                     guard(api.Subscribe),
@@ -154,6 +170,7 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", s.max_body),
                 # Off (a second hub on the port is an error), except --workers share it.
                 ("grpc.so_reuseport", int(s.workers > 1)),
+                *connection_age(s.max_connection_age, s.max_connection_age_grace),
             )
         )
         for service, methods in self._handlers().items():
@@ -175,6 +192,9 @@ class GrpcServer:
         await self._health.refresh()
         self._poll = asyncio.create_task(self._poll_health())
         return bound
+
+    async def refresh_health(self) -> None:
+        await self._health.refresh()
 
     async def _poll_health(self) -> None:
         while True:

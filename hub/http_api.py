@@ -8,10 +8,17 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from cachewire.common import wirejson
 from cachewire.common.telemetry import exposition
 from cachewire.hub import sse, telemetry
 from cachewire.hub.errors import HubError, Overloaded, TooLarge
-from cachewire.hub.events import drafts_from_json, parse_json
+from cachewire.hub.events import (
+    Draft,
+    drafts_from_json,
+    drafts_from_ndjson,
+    idempotency_key,
+    parse_json,
+)
 
 if TYPE_CHECKING:
     from cachewire.hub.server import Hub
@@ -40,45 +47,77 @@ def _rejected(request: web.Request, status: int, message: str) -> web.Response:
     return error_response(status, message)
 
 
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _error(request: web.Request, exc: BaseException) -> web.StreamResponse:
     """Every error leaves as JSON; no traceback ever reaches a client."""
-    try:
-        return await handler(request)
-    except HubError as exc:
+    if isinstance(exc, HubError):
         response = _rejected(request, exc.http_status, str(exc))
         if isinstance(exc, Overloaded):
             response.headers["Retry-After"] = str(exc.retry_after)
         return response
-    except web.HTTPRequestEntityTooLarge:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
         limit = request.app[sse.HUB].settings.max_body
         return _rejected(request, 413, f"request body is larger than the limit of {limit} bytes")
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         return _rejected(request, exc.status, exc.reason)
-    except (ConnectionResetError, TimeoutError):
-        raise
-    except Exception:
-        log.exception("unhandled error", extra={"path": request.path})
-        return error_response(500, "internal error")
+    if isinstance(exc, ConnectionResetError | TimeoutError):
+        raise exc
+    log.exception("unhandled error", extra={"path": request.path}, exc_info=exc)
+    return error_response(500, "internal error")
 
 
-async def publish(request: web.Request) -> web.Response:
-    hub = request.app[sse.HUB]
-    settings, broker = hub.settings, hub.broker
-    if request.content_length is not None and request.content_length > settings.max_body:
-        raise TooLarge(f"request body is larger than the limit of {settings.max_body} bytes")
-    body = parse_json(await request.read())
-    drafts = drafts_from_json(
-        body,
-        max_keys=settings.max_keys,
-        traceparent=request.headers.get("traceparent", ""),
-        tracestate=request.headers.get("tracestate", ""),
+def json_errors(handler: Handler) -> Handler:
+    """A handler whose errors leave as JSON (a wrapper per route, not a middleware: the
+    publish handler maps its own and so pays for neither)."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except Exception as exc:
+            return _error(request, exc)
+
+    return guarded
+
+
+NDJSON = "application/x-ndjson"
+
+
+async def publish(request: web.Request) -> web.StreamResponse:
+    """POST /v1/publish: a JSON event or array, or NDJSON (one event a line) → {"ids": [...]}.
+
+    The hot path: no middleware (errors are mapped here), the body decoded once, one broker
+    append per request, the answer encoded once.
+    """
+    try:
+        hub = request.app[sse.HUB]
+        settings = hub.settings
+        drafts = await read_drafts(request, settings.max_body, settings.max_keys)
+        key = idempotency_key(request.headers.get("Idempotency-Key", ""))
+        await hub.fanout.pressure.admit()  # the hub is behind: wait, or 503 Retry-After
+        ids = await telemetry.publish_ids(
+            hub.broker, drafts, "http", None, key, settings.idempotency_window
+        )
+    except Exception as exc:
+        return _error(request, exc)
+    return web.Response(body=b'{"ids":%b}' % wirejson.dumpb(ids), content_type="application/json")
+
+
+async def read_drafts(request: web.Request, max_body: int, max_keys: int) -> list[Draft]:
+    """The request's body → validated drafts (JSON, or NDJSON by its Content-Type)."""
+    if request.content_length is not None and request.content_length > max_body:
+        raise TooLarge(f"request body is larger than the limit of {max_body} bytes")
+    raw = await request.read()
+    headers = request.headers
+    traceparent = headers.get("traceparent", "")
+    tracestate = headers.get("tracestate", "")
+    if request.content_type == NDJSON:
+        return drafts_from_ndjson(
+            raw, max_keys=max_keys, traceparent=traceparent, tracestate=tracestate
+        )
+    return drafts_from_json(
+        parse_json(raw), max_keys=max_keys, traceparent=traceparent, tracestate=tracestate
     )
-    await hub.fanout.pressure.admit()  # the hub is behind: wait, or 503 Retry-After
-    events = await telemetry.publish(broker, drafts)
-    return web.json_response({"ids": [e.id for e in events]})
 
 
 async def health(request: web.Request) -> web.Response:
@@ -96,7 +135,7 @@ async def plasma_hc(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     hub: Hub = request.app[sse.HUB]
     broker = hub.broker
-    if hub.stopping:
+    if hub.stopping or hub.draining:
         return error_response(503, "shutting down")
     if not broker.ready():
         return error_response(503, "broker unavailable")
@@ -132,13 +171,24 @@ async def any_path(request: web.Request) -> web.StreamResponse:
     raise web.HTTPNotFound(reason=f"no endpoint at {request.path}")
 
 
+async def other_method(request: web.Request) -> web.StreamResponse:
+    """What no route takes: every path serves GET (SSE on any path, as Plasma does)."""
+    raise web.HTTPMethodNotAllowed(request.method, ["GET"])
+
+
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/", sse.handle)
-    app.router.add_get("/events", sse.handle)
+    """Every route; each maps its errors to JSON (no middleware: see `publish`). The last,
+    for any method on any path, leaves the router no request to answer by itself."""
     app.router.add_post("/v1/publish", publish)
-    app.router.add_get("/hc", plasma_hc)
-    app.router.add_get("/healthz", health)
-    app.router.add_get("/readyz", ready)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/metrics/plasma", plasma_metrics)
-    app.router.add_get("/{tail:.*}", any_path)
+    for path, handler in (
+        ("/", sse.handle),
+        ("/events", sse.handle),
+        ("/hc", plasma_hc),
+        ("/healthz", health),
+        ("/readyz", ready),
+        ("/metrics", metrics),
+        ("/metrics/plasma", plasma_metrics),
+        ("/{tail:.*}", any_path),
+    ):
+        app.router.add_get(path, json_errors(handler))
+    app.router.add_route("*", "/{tail:.*}", json_errors(other_method))

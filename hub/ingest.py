@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import random
@@ -33,6 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from cachewire.common import wirejson
 from cachewire.hub import telemetry
 from cachewire.hub.brokers.redis_link import (
     BACKOFF_BASE,
@@ -83,7 +83,7 @@ def draft_from_message(raw: bytes | str, *, max_keys: int, max_bytes: int) -> Dr
     if "type" not in meta:
         raise InvalidInput("meta.type is required")
     try:
-        data_json = json.dumps(body.get("data"), ensure_ascii=False, separators=(",", ":"))
+        data_json = wirejson.dumps(body.get("data"))
     except RecursionError:
         raise InvalidInput("data is nested too deeply") from None
     return make_draft(

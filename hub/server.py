@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -45,6 +46,7 @@ class Hub:
         self.registry = make_registry(self)
         self.flusher = sse.Flusher()
         self.stopping = False
+        self.draining = False  # SIGTERM: not ready, still serving (drain())
         self.http_port = 0
         self.grpc_port: int | None = None
         self._runner: web.AppRunner | None = None
@@ -54,10 +56,7 @@ class Hub:
         self._ingest: ChannelIngest | None = None
 
     def make_app(self) -> web.Application:
-        app = web.Application(
-            middlewares=[http_api.errors_middleware],
-            client_max_size=self.settings.max_body,
-        )
+        app = web.Application(client_max_size=self.settings.max_body)
         app[sse.HUB] = self
         http_api.add_routes(app)
         return app
@@ -78,9 +77,9 @@ class Hub:
         shared = s.workers > 1  # --workers: every worker binds the same ports
         self._site = web.TCPSite(self._runner, s.host, s.http_port, reuse_port=shared)
         await self._site.start()
-        server = self._site._server
-        assert isinstance(server, asyncio.base_events.Server)
-        self.http_port = server.sockets[0].getsockname()[1]
+        sockets = getattr(self._site._server, "sockets", None)  # asyncio's Server or uvloop's
+        assert sockets
+        self.http_port = sockets[0].getsockname()[1]
         # 3. gRPC: Plasma's StreamService and cachewire's Hub service.
         if s.grpc_port is not None:
             from cachewire.hub.grpc_server import GrpcServer
@@ -110,6 +109,44 @@ class Hub:
         while True:
             await asyncio.sleep(interval)
             self.fanout.heartbeat(kinds)
+
+    async def drain(self) -> None:
+        """SIGTERM in a cluster: leave the load balancers first, then the clients; stop() after.
+
+        Ending every stream at once would send all their clients to the other replicas in
+        one reconnect storm, and a pod that stops serving before its endpoint is removed
+        refuses the connections still routed to it. So:
+        """
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        # 1. Not ready (/readyz 503, gRPC health NOT_SERVING) but serving as before, for
+        #    --drain-delay: endpoints and balancers stop sending new clients meanwhile.
+        self.draining = True
+        if self._grpc is not None:
+            await self._grpc.refresh_health()
+        log.info("hub draining", extra={"delay": s.drain_delay, "window": s.drain_window})
+        await asyncio.sleep(s.drain_delay)
+        # 2. End the streams one by one, spread evenly over --drain-window in random
+        #    order; SSE clients get a jittered `retry:` so their reconnects spread further.
+        #    Each client resumes elsewhere from its last id (Last-Event-ID, resume_from).
+        if s.drain_window <= 0:
+            return  # stop() ends them all at once
+        subs = list(self.fanout.subscriptions())
+        random.shuffle(subs)
+        start = loop.time()
+        for i, sub in enumerate(subs):
+            wait = start + s.drain_window * i / len(subs) - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if sub.closed:
+                continue
+            self.fanout.unsubscribe(sub)
+            if isinstance(sub.sink, sse.SseSink):
+                retry = round(s.sse_retry * random.uniform(0.5, 1.5))
+                sub.sink.send_frame(f"retry: {retry}\n\n".encode())
+            sub.sink.close()
+        # 3. Then the caller stop()s: what is left (streams opened meanwhile, requests in
+        #    flight) ends as on any stop.
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.grace if grace is None else grace

@@ -26,6 +26,7 @@ from cachewire.common.config import (
     positive_int,
     seconds,
 )
+from cachewire.common.loop import LoopKind
 from cachewire.hub.errors import ConfigError
 
 BrokerKind = Literal["memory", "redis"]
@@ -51,11 +52,17 @@ class HubSettings:
     grace: float = 5.0
     grpc_held_writes: Literal["auto", "off"] = "auto"
     workers: int = 1
+    drain_delay: float = 5.0
+    drain_window: float = 10.0
+    max_connection_age: float | None = 1800.0
+    max_connection_age_grace: float = 30.0
     broker: BrokerKind = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_stream: str = "cachewire:events"
+    redis_stream: str = "{cachewire}:events"
     redis_channels: tuple[str, ...] = ()
     ingest_lease: float = 5.0
+    idempotency_window: float = 300.0
+    loop: LoopKind = "auto"
     log_level: LogLevel = "info"
 
     @classmethod
@@ -75,6 +82,10 @@ class Option:
 def _broker(text: str) -> str:
     # Plasma's default "mock" emits fake events; cachewire's embedded broker replaces it.
     return "memory" if text.lower() == "mock" else choice("memory", "redis")(text)
+
+
+def _optional_seconds(text: str) -> float | None:
+    return None if text.lower() in ("off", "none", "") else seconds(text)
 
 
 def _redis_url(text: str) -> str:
@@ -201,6 +212,34 @@ OPTIONS: tuple[Option, ...] = (
         positive_int,
     ),
     Option(
+        "drain_delay",
+        "--drain-delay",
+        "on SIGTERM, seconds to keep serving while not ready (endpoints update)",
+        ("CACHEWIRE_DRAIN_DELAY",),
+        non_negative_seconds,
+    ),
+    Option(
+        "drain_window",
+        "--drain-window",
+        "on SIGTERM, after the delay: seconds over which streams are ended, spread out",
+        ("CACHEWIRE_DRAIN_WINDOW",),
+        non_negative_seconds,
+    ),
+    Option(
+        "max_connection_age",
+        "--max-connection-age",
+        "seconds before a gRPC connection is asked to reconnect, jittered by a tenth (off: never)",
+        ("CACHEWIRE_MAX_CONNECTION_AGE",),
+        _optional_seconds,
+    ),
+    Option(
+        "max_connection_age_grace",
+        "--max-connection-age-grace",
+        "seconds a gRPC connection past its age keeps its streams before it is closed",
+        ("CACHEWIRE_MAX_CONNECTION_AGE_GRACE",),
+        seconds,
+    ),
+    Option(
         "broker",
         "--broker",
         "memory (embedded) or redis (Redis Streams, for replicas)",
@@ -217,7 +256,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "redis_stream",
         "--redis-stream",
-        "Redis stream key holding the event history",
+        "Redis stream key holding the event history (its {hash tag} names the Cluster slot)",
         ("CACHEWIRE_REDIS_STREAM",),
     ),
     Option(
@@ -233,6 +272,21 @@ OPTIONS: tuple[Option, ...] = (
         "seconds a replica holds the channel-ingest lease (taken over after this)",
         ("CACHEWIRE_INGEST_LEASE",),
         seconds,
+    ),
+    Option(
+        "idempotency_window",
+        "--idempotency-window",
+        "seconds a publish's idempotency key is remembered: a retry within it gets the first "
+        "ids back, nothing is stored again (0: keys ignored)",
+        ("CACHEWIRE_IDEMPOTENCY_WINDOW",),
+        non_negative_seconds,
+    ),
+    Option(
+        "loop",
+        "--loop",
+        "event loop: auto (uvloop when installed), uvloop or asyncio",
+        ("CACHEWIRE_LOOP",),
+        choice("auto", "uvloop", "asyncio"),
     ),
     Option(
         "log_level",
@@ -265,7 +319,7 @@ def build_parser(prog: str = "cachewire-hub") -> argparse.ArgumentParser:
             dest=opt.field,
             default=None,
             metavar="VALUE",
-            help=f"{opt.help} [env: {envs}]",
+            help=f"{opt.help} [env: {envs}]".replace("%", "%%"),  # argparse formats help with %
         )
     return parser
 
@@ -287,7 +341,22 @@ def parse(
             raw = None if plasma is None else ("PLASMA_SUBSCRIBER_REDIS_ADDR", plasma)
         if raw is not None:
             values[opt.field] = convert(opt.convert, raw, ConfigError)
-    return cls(**values)
+    settings = cls(**values)
+    _check_cluster(settings)
+    return settings
+
+
+def _check_cluster(s: HubSettings) -> None:
+    """On Redis Cluster the broker's keys must share a slot: a hash tag in the stream name."""
+    if not s.redis_url.startswith(("redis+cluster://", "rediss+cluster://")):
+        return
+    from cachewire.hub.brokers.redis_link import has_hash_tag  # redis-py only when needed
+
+    if not has_hash_tag(s.redis_stream):
+        raise ConfigError(
+            f"--redis-stream {s.redis_stream!r}: on Redis Cluster the stream name needs a hash "
+            "tag, e.g. {cachewire}:events, so that every key of the broker shares one slot"
+        )
 
 
 def settings_table() -> str:

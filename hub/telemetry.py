@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 from opentelemetry import trace
 from opentelemetry.trace import (
@@ -67,9 +68,50 @@ async def publish(
     `carrier` holds the request's own `traceparent`/`tracestate` (gRPC metadata): the
     parent when the events brought different contexts.
     """
-    tracer = ct.tracer()
-    if tracer is None:
+    if ct.tracer() is None:
         return _published(await broker.publish(drafts), transport)
+    with _publish_span(drafts, transport, carrier) as (span, tp, ts):
+        events = await broker.publish([_stamped(d, tp, ts) for d in drafts])
+        if len(events) == 1:
+            span.set_attribute(ct.ATTR_MESSAGE_ID, events[0].id)
+        return _published(events, transport)
+
+
+async def publish_ids(
+    broker: Broker,
+    drafts: Sequence[Draft],
+    transport: str = "http",
+    carrier: Mapping[str, str] | None = None,
+    key: str = "",
+    window: float = 0.0,
+) -> list[str]:
+    """`publish`, answering ids; with an idempotency key (and a window), `publish_once`: a
+    retried key gets its first ids back, and the span says `cachewire.publish.duplicate`."""
+    if not key or window <= 0:
+        return [e.id for e in await publish(broker, drafts, transport, carrier)]
+    if ct.tracer() is None:
+        ids, stored = await broker.publish_once(drafts, key, window)
+        return _published_ids(ids, transport, stored)
+    with _publish_span(drafts, transport, carrier) as (span, tp, ts):
+        stamped = [_stamped(d, tp, ts) for d in drafts]
+        ids, stored = await broker.publish_once(stamped, key, window)
+        span.set_attribute(ATTR_DUPLICATE, not stored)
+        if len(ids) == 1:
+            span.set_attribute(ct.ATTR_MESSAGE_ID, ids[0])
+        return _published_ids(ids, transport, stored)
+
+
+ATTR_DUPLICATE = "cachewire.publish.duplicate"
+
+
+@contextmanager
+def _publish_span(
+    drafts: Sequence[Draft], transport: str, carrier: Mapping[str, str] | None
+) -> Iterator[tuple[Span, str, str]]:
+    """The request's publish span, current inside the block: (span, traceparent, tracestate)
+    of its context, which every event of the request carries. An error fails the span."""
+    tracer = ct.tracer()
+    assert tracer is not None
     parent, links = request_context(drafts, carrier)
     attrs = ct.message_attributes(drafts, "publish", "send")
     attrs[ct.ATTR_TRANSPORT] = transport
@@ -83,13 +125,10 @@ async def publish(
     with use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
         tp, ts = ct.traceparent_of(span.get_span_context())
         try:
-            events = await broker.publish([_stamped(d, tp, ts) for d in drafts])
+            yield span, tp, ts
         except Exception as exc:
             _failed(span, exc)
             raise
-        if len(events) == 1:
-            span.set_attribute(ct.ATTR_MESSAGE_ID, events[0].id)
-        return _published(events, transport)
 
 
 def request_context(
@@ -145,6 +184,13 @@ def _published(events: list[Event], transport: str) -> list[Event]:
     if log.isEnabledFor(logging.DEBUG):
         log.debug("published", extra={"ids": [e.id for e in events], "transport": transport})
     return events
+
+
+def _published_ids(ids: list[str], transport: str, stored: bool) -> list[str]:
+    if log.isEnabledFor(logging.DEBUG):
+        what = "published" if stored else "publish retried: answered the stored ids"
+        log.debug(what, extra={"ids": ids, "transport": transport})
+    return ids
 
 
 def _failed(span: Span, exc: BaseException) -> None:

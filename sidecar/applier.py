@@ -220,6 +220,19 @@ class Applier:
     def resume_id(self) -> str:
         return self.accepted.id if self.accepted is not None else ""
 
+    def restore(self, event_id: str) -> bool:
+        """Resume after `event_id`, applied everywhere before a restart (--state-file):
+        no flush at start; the hub replays what followed, or resets (and we flush)."""
+        pos = parse_id(event_id)
+        if pos is None:
+            return False
+        self.epochs.see(pos.epoch)
+        self.accepted = pos
+        for slot in self.slots:
+            slot.applied = pos
+        self._gap = None
+        return True
+
     # --- queries ---
 
     def slot_applied(self, slot: Slot) -> Pos | None:
@@ -228,6 +241,10 @@ class Applier:
 
     def applied_everywhere(self, pos: Pos) -> bool:
         return all(self.epochs.covers(self.slot_applied(s), pos) for s in self.slots)
+
+    def applied_id(self) -> str:
+        """The position every sink has applied through ("" when unknown)."""
+        return min_id(self.epochs, [self.slot_applied(s) for s in self.slots])
 
     def caught_up(self) -> bool:
         hw = self.high_water

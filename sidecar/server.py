@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from cachewire.sidecar.applier import Applier
 from cachewire.sidecar.errors import ConfigError
 from cachewire.sidecar.health import HealthServer
 from cachewire.sidecar.metrics import Metrics
+from cachewire.sidecar.probe import make_prober
 from cachewire.sidecar.rules import Rules
 from cachewire.sidecar.settings import SidecarSettings
 from cachewire.sidecar.sinks.base import Sink
 from cachewire.sidecar.state import Slot
+from cachewire.sidecar.statefile import StateWriter
+from cachewire.sidecar.statefile import load as load_state
 from cachewire.sidecar.stream import StreamClient
 
 log = logging.getLogger("cachewire.sidecar")
@@ -77,9 +81,12 @@ class Sidecar:
             backoff_base=s.backoff_base,
             backoff_cap=s.backoff_cap,
         )
+        # --probe-interval: canaries through this sidecar's own pipeline, on a topic of its own
+        self.prober = make_prober(s, self.metrics.registry, self.applier.wait_caught_up)
+        probe_topics = (self.prober.topic,) if self.prober is not None else ()
         self.stream = StreamClient(
             s.hub,
-            s.topics,
+            s.topics + probe_topics,
             self.applier,
             backoff_base=s.backoff_base,
             backoff_cap=s.backoff_cap,
@@ -88,6 +95,15 @@ class Sidecar:
         )
         self.health = HealthServer(self)
         self.health_port = 0
+        self.state: StateWriter | None = None
+        if s.state_file:
+            self.state = StateWriter(
+                Path(s.state_file),
+                self.applier.applied_id,
+                topics=s.topics,
+                sinks=[x.name for x in self.slots],
+                interval=s.state_interval / 1000,
+            )
         self._started: list[Slot] = []
 
     @property
@@ -109,8 +125,16 @@ class Sidecar:
         self.applier.start()
         # 3. The health port, so probes and the barrier answer from now on.
         self.health_port = await self.health.start(s.health_host, s.health_port)
-        # 4. The hub stream: the first subscription flushes (what was missed is unknown).
+        # 4. The hub stream: the first subscription flushes (what was missed is unknown),
+        #    unless --state-file holds the position applied before a restart.
+        if self.state is not None:
+            self.state.check_writable()
+            restored = load_state(self.state.path, self.state.topics, self.state.sinks)
+            self.applier.restore(restored)
+            self.state.start(restored)
         self.stream.start()
+        if self.prober is not None:  # 5. The prober: its first canary once caught up.
+            self.prober.start()
         log.info(
             "sidecar started",
             extra={
@@ -142,10 +166,14 @@ class Sidecar:
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.grace if grace is None else grace
         log.info("sidecar stopping", extra={"grace": grace})
-        # 1. No new events: end the hub stream.
+        # 1. No more canaries; no new events: end the hub stream.
+        if self.prober is not None:
+            await self.prober.stop()
         await self.stream.stop()
         # 2. Apply what is pending within the grace period; a batch in flight completes.
         await self.applier.stop(grace)
+        if self.state is not None:  # the position now applied, for the next start
+            await self.state.stop()
         # 3. Close the sinks, then the health port.
         for slot in reversed(self._started):
             try:

@@ -61,6 +61,9 @@ class SidecarSettings:
     backoff_base: float = 0.1
     backoff_cap: float = 5.0
     grace: float = 5.0
+    state_file: str = ""
+    state_interval: float = 200.0  # milliseconds
+    probe_interval: float | None = None  # seconds; None: no prober
     log_level: LogLevel = "info"
     rules: tuple[Rule, ...] = ()
 
@@ -100,6 +103,19 @@ def _milliseconds(text: str) -> float:
     if not 0 <= value <= 1000:
         raise ValueError("must be 0..1000 milliseconds")
     return value
+
+
+def _interval_ms(text: str) -> float:
+    value = float(text.removesuffix("ms"))
+    if not 1 <= value <= 60_000:
+        raise ValueError("must be 1..60000 milliseconds")
+    return value
+
+
+def _optional_seconds(text: str) -> float | None:
+    if text.lower() in ("", "off", "0"):
+        return None
+    return seconds(text)
 
 
 def _bool(text: str) -> bool:
@@ -209,6 +225,23 @@ OPTIONS: tuple[Option, ...] = (
         "grace", "--grace", "seconds to finish pending batches on SIGTERM", non_negative_seconds
     ),
     Option(
+        "state_file",
+        "--state-file",
+        "file keeping the applied position across restarts (resume without a flush)",
+    ),
+    Option(
+        "state_interval",
+        "--state-interval",
+        "milliseconds between writes of --state-file (at most)",
+        _interval_ms,
+    ),
+    Option(
+        "probe_interval",
+        "--probe-interval",
+        "seconds between canary probes of the guarded memcached/Redis (off: no prober)",
+        _optional_seconds,
+    ),
+    Option(
         "log_level",
         "--log-level",
         "debug, info, warning or error",
@@ -231,7 +264,9 @@ def build_parser(prog: str = "cachewire-sidecar") -> argparse.ArgumentParser:
         description=("cachewire sidecar: applies the hub's invalidations to the caches of its pod"),
     )
     for opt in OPTIONS:
-        help_text = f"{opt.help} [env: {opt.env}]"
+        help_text = f"{opt.help} [env: {opt.env}]".replace(
+            "%", "%%"
+        )  # argparse formats help with %
         if opt.boolean:
             parser.add_argument(
                 opt.flag,
@@ -325,6 +360,8 @@ def check(s: SidecarSettings) -> None:
         raise ConfigError(
             "no cache to guard: give --memcached, --redis-url, --webhook or --relay-port"
         )
+    if s.probe_interval is not None and not (s.memcached or s.redis_url):
+        raise ConfigError("--probe-interval needs a cache to probe: --memcached or --redis-url")
     if s.backoff_base > s.backoff_cap:
         raise ConfigError(
             f"--backoff-base ({s.backoff_base}) is larger than --backoff-cap ({s.backoff_cap})"

@@ -170,6 +170,8 @@ def start_hub(
     `exe` is the `cachewire` command to run (another install's, for the wheel test)."""
     http_port = http_port or free_port()
     argv = [str(exe), "hub", "--http-port", str(http_port)]
+    if "--drain-delay" not in args and "CACHEWIRE_DRAIN_DELAY" not in (env or {}):
+        argv += ["--drain-delay", "0", "--drain-window", "0"]  # SIGTERM stops at once
     ports = {"http": http_port}
     if grpc:
         grpc_port = grpc_port or free_port()
@@ -187,7 +189,11 @@ def start_hub(
             not grpc or port_answers(ports["grpc"])
         )
 
-    wait_for(ready, timeout=20, what=f"cachewire-hub {probe}")
+    try:
+        wait_for(ready, timeout=20, what=f"cachewire-hub {probe}")
+    except BaseException:
+        proc.kill()  # not left running when it did not get ready
+        raise
     return proc
 
 
@@ -223,7 +229,11 @@ def start_sidecar(
             raise RuntimeError(f"cachewire-sidecar exited {popen.returncode}:\n{proc.log()}")
         return http_ok(f"http://127.0.0.1:{health}{probe}")
 
-    wait_for(ready, timeout=timeout, what=f"cachewire-sidecar {probe}")
+    try:
+        wait_for(ready, timeout=timeout, what=f"cachewire-sidecar {probe}")
+    except BaseException:
+        proc.kill()  # not left running when it did not get ready
+        raise
     return proc
 
 
@@ -249,3 +259,43 @@ def running(proc: Proc) -> Iterator[Proc]:
         yield proc
     finally:
         proc.stop()
+
+
+def start_redis_cluster(tmp: Path, primaries: int = 3) -> list[Proc]:
+    """`primaries` redis-servers with --cluster-enabled yes, joined by `redis-cli --cluster
+    create` (no replicas); returns once every node reports cluster_state:ok."""
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        raise RuntimeError("redis-cli is not installed (make system-deps)")
+    nodes: list[Proc] = []
+    try:
+        for i in range(primaries):
+            work = tmp / f"cluster-{i}"
+            work.mkdir(parents=True, exist_ok=True)
+            extra = ["--cluster-enabled", "yes", "--cluster-config-file", str(work / "nodes.conf")]
+            # The bus port explicitly: port + 10000, the default, may be taken.
+            extra += ["--cluster-port", str(free_port()), "--dir", str(work)]
+            nodes.append(start_redis(extra=extra))
+        addrs = [f"127.0.0.1:{n.port}" for n in nodes]
+        created = subprocess.run(
+            [cli, "--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{created.stdout}")
+
+        def ok(port: int) -> bool:
+            out = subprocess.run(
+                [cli, "-p", str(port), "cluster", "info"], capture_output=True, text=True
+            ).stdout
+            return "cluster_state:ok" in out
+
+        for node in nodes:
+            wait_for(lambda n=node: ok(n.port), timeout=30, what=f"cluster_state:ok on {node.port}")
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+    return nodes

@@ -37,6 +37,30 @@ def _publish(argv: Sequence[str], prog: str) -> int:
     return main(argv, prog=prog)
 
 
+def _probe(argv: Sequence[str], prog: str) -> int:
+    from cachewire.cli.probe import main
+
+    return main(argv, prog=prog)
+
+
+def _inject(argv: Sequence[str], prog: str) -> int:
+    from cachewire.cli.inject import main
+
+    return main(argv, prog=prog)
+
+
+def _injector(argv: Sequence[str], prog: str) -> int:
+    from cachewire.k8s.injector import main
+
+    return main(argv, prog=prog)
+
+
+def _wait(argv: Sequence[str], prog: str) -> int:
+    from cachewire.cli.wait import main
+
+    return main(argv, prog=prog)
+
+
 def _version(argv: Sequence[str], prog: str) -> None:
     import cachewire
 
@@ -48,6 +72,10 @@ COMMANDS: dict[str, Command] = {
     "hub": Command("run the push hub (SSE, HTTP publish, gRPC)", _hub),
     "sidecar": Command("run the per-pod agent that applies invalidations to caches", _sidecar),
     "publish": Command("publish events to a hub (flags, or NDJSON on stdin); prints ids", _publish),
+    "probe": Command("measure how fast invalidations reach caches (canary probes)", _probe),
+    "inject": Command("add the sidecar to the workloads of a YAML file (-f FILE|-)", _inject),
+    "injector": Command("run the admission webhook that injects sidecars", _injector),
+    "wait": Command("return once a URL answers 200 (the classic sidecar's postStart)", _wait),
     "version": Command("print the installed version", _version),
 }
 

@@ -1,4 +1,4 @@
-"""`cachewire publish`: publish events to a hub over its HTTP API and print their ids.
+"""`cachewire publish`: publish events to a hub and print their ids (cachewire.publish).
 
 One event from flags::
 
@@ -17,50 +17,33 @@ to its Redis channel (`{"meta": {"type": ...}, "data": ...}`)::
     echo '{"type":"user:42","keys":["user:42"]}' | cachewire publish
     echo '{"meta":{"type":"program:1234:poll"},"data":{"yes":3}}' | cachewire publish
 
-Each published event's id is printed. A publish is acknowledged once the event is in the
-hub's history. A refused event prints the hub's error and exits 1; an unreachable hub, 2.
+Each published event's id is printed, in order, once the event is in the hub's history.
+Events read together share a request; a failing hub is retried for `--retry-for` seconds
+(idempotently: nothing is published twice). A refused event prints the hub's error and
+exits 1; a hub still unreachable after the retries, 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import itertools
 import json
 import os
+import queue
 import sys
+import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from cachewire.publish import Publisher, PublishError, Refused
 
-class PublishError(Exception):
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+FIELDS = ("type", "data", "keys", "prefixes", "flush")
 
 
-def publish(hub_url: str, events: list[dict[str, Any]], timeout: float = 10.0) -> list[str]:
-    """POST events (one request, in order); return their ids."""
-    request = urllib.request.Request(
-        hub_url.rstrip("/") + "/v1/publish",
-        data=json.dumps(events).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            ids: list[str] = json.load(response)["ids"]
-            return ids
-    except urllib.error.HTTPError as exc:
-        try:
-            detail = json.load(exc).get("error", exc.reason)
-        except ValueError:
-            detail = exc.reason
-        raise PublishError(f"the hub refused the event ({exc.code}): {detail}", 1) from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise PublishError(f"cannot reach the hub at {hub_url}: {exc}", 2) from None
+class LineError(Exception):
+    """A stdin line that is not an event: exit 1, naming the line."""
 
 
 def from_flags(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
@@ -92,11 +75,14 @@ def from_lines(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
         try:
             message = json.loads(line)
             if isinstance(message, dict) and "meta" not in message and "type" in message:
-                yield message  # the hub validates it
+                unknown = sorted(set(message) - set(FIELDS))
+                if unknown:
+                    raise LineError(f"line {number}: unknown field(s): {', '.join(unknown)}")
+                yield message  # the hub validates the values
                 continue
             event: dict[str, Any] = {"type": message["meta"]["type"], "data": message.get("data")}
         except (ValueError, KeyError, TypeError):
-            raise PublishError(f"line {number}: not {shape}", 1) from None
+            raise LineError(f"line {number}: not {shape}") from None
         for extra in ("keys", "prefixes", "flush"):  # cachewire's additions to meta
             if extra in message["meta"]:
                 event[extra] = message["meta"][extra]
@@ -111,7 +97,7 @@ def parse_args(argv: Sequence[str], prog: str = "cachewire publish") -> argparse
     parser.add_argument(
         "--hub-url",
         default=os.environ.get("CACHEWIRE_HUB_URL", "http://127.0.0.1:8080"),
-        help="the hub's HTTP URL [env: CACHEWIRE_HUB_URL]",
+        help="the hub: http(s)://HOST:PORT, or grpc://HOST:PORT [env: CACHEWIRE_HUB_URL]",
     )
     parser.add_argument("--type", help="the event type (topic), e.g. user:42")
     parser.add_argument("--data", help="JSON data, e.g. '{\"views\": 1}'")
@@ -120,27 +106,67 @@ def parse_args(argv: Sequence[str], prog: str = "cachewire publish") -> argparse
     parser.add_argument("--flush", action="store_true", help="invalidate everything")
     parser.add_argument("--every", type=float, default=0.0, help="seconds between events")
     parser.add_argument("--count", type=int, default=1, help="events to send (0: forever)")
+    parser.add_argument(
+        "--retry-for",
+        type=float,
+        default=10.0,
+        help="seconds to retry an unreachable or failing hub before giving up (default 10)",
+    )
     args = parser.parse_args(argv)
     if args.data is not None:
         try:
             json.loads(args.data)
         except ValueError:
             parser.error("--data must be JSON (a string needs quotes: '\"text\"')")
-    if args.count < 0 or args.every < 0:
-        parser.error("--count and --every must not be negative")
+    if args.count < 0 or args.every < 0 or args.retry_for < 0:
+        parser.error("--count, --every and --retry-for must not be negative")
     return args
+
+
+def _printer(
+    futures: queue.Queue[concurrent.futures.Future[str] | None], failed: list[PublishError]
+) -> None:
+    """Print each id as soon as it is stored, in order; stop at the first failure."""
+    while (future := futures.get()) is not None:
+        if failed:
+            continue
+        try:
+            print(future.result(), flush=True)
+        except PublishError as exc:
+            failed.append(exc)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "cachewire publish") -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv, prog)
     events = from_flags(args) if args.type else from_lines(iter(sys.stdin))
     try:
-        for event in events:
-            for event_id in publish(args.hub_url, [event]):
-                print(event_id, flush=True)
-    except PublishError as exc:
+        publisher = Publisher(args.hub_url, retry_for=args.retry_for, timeout=10.0)
+    except ValueError as exc:
+        print(f"{prog}: --hub-url: {exc}", file=sys.stderr)
+        return 2
+    futures: queue.Queue[concurrent.futures.Future[str] | None] = queue.Queue()
+    failed: list[PublishError] = []
+    printer = threading.Thread(target=_printer, args=(futures, failed), daemon=True)
+    printer.start()
+    code = 0
+    try:
+        for event in events:  # submitted as read: lines that come together share a request
+            if failed:
+                break
+            futures.put(publisher.submit(**{k: event[k] for k in FIELDS if k in event}))
+    except LineError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
-        return exc.exit_code
+        code = 1
     except KeyboardInterrupt:
-        return 0
-    return 0
+        pass
+    futures.put(None)
+    printer.join()
+    publisher.close()
+    if failed:
+        error = failed[0]
+        if isinstance(error, Refused):
+            print(f"{prog}: {error}", file=sys.stderr)
+            return 1
+        print(f"{prog}: cannot reach the hub at {args.hub_url}: {error}", file=sys.stderr)
+        return 2
+    return code

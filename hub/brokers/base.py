@@ -43,6 +43,14 @@ class Broker(Protocol):
         """Append to history; return once stored (raises Unavailable when it cannot)."""
         ...
 
+    async def publish_once(
+        self, drafts: Sequence[Draft], key: str, window: float
+    ) -> tuple[list[str], bool]:
+        """`publish`, unless a request with this idempotency key was stored within `window`
+        seconds: then nothing is stored and its ids are the answer. Returns (ids, stored).
+        Raises KeyReused when the key's request had another number of events."""
+        ...
+
     async def replay(self, after_id: str) -> Replay:
         """Every event after `after_id` still in history, up to the newest, or a reset."""
         ...

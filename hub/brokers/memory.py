@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from cachewire.hub.brokers.base import Dispatch, OnReset, Replay, split_id
 from cachewire.hub.events import Draft, Event, Position
+from cachewire.hub.idempotency import Remembered, check_count
 
 # ASCII digits only ("²".isdigit() is true) and short enough for int() (Plasma's ids are
 # bare counters such as "42": they have no epoch and so never parse as ours).
@@ -23,6 +24,7 @@ class MemoryBroker:
         self._ring: list[Event | None] = [None] * history
         self._head = 0  # sequence of the newest event; 0 before any
         self._dispatch: Dispatch | None = None
+        self._keys = Remembered()
 
     async def start(self, dispatch: Dispatch, on_reset: OnReset | None = None) -> None:
         """`on_reset` is never called: the epoch lasts as long as the process."""
@@ -41,6 +43,17 @@ class MemoryBroker:
         if self._dispatch is not None:
             self._dispatch(events)
         return events
+
+    async def publish_once(
+        self, drafts: Sequence[Draft], key: str, window: float
+    ) -> tuple[list[str], bool]:
+        """Check and append in one step of the loop (`publish` never yields): atomic."""
+        seen = self._keys.get(key)
+        if seen is not None:
+            return check_count(key, seen, len(drafts)), False
+        ids = [e.id for e in await self.publish(drafts)]
+        self._keys.put(key, ids, window)
+        return ids, True
 
     def _oldest(self) -> int:
         return max(1, self._head - self._cap + 1)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import secrets
@@ -35,6 +34,7 @@ from typing import Any
 from prometheus_client.core import Metric
 from redis.exceptions import RedisError
 
+from cachewire.common import wirejson
 from cachewire.hub.brokers.base import Dispatch, OnReset, Replay
 from cachewire.hub.brokers.redis_link import COMMAND_TIMEOUT, connect
 from cachewire.hub.brokers.redis_reader import (
@@ -46,17 +46,25 @@ from cachewire.hub.brokers.redis_reader import (
 )
 from cachewire.hub.errors import Unavailable
 from cachewire.hub.events import Draft, Event, Position
+from cachewire.hub.idempotency import check_count
 from cachewire.hub.settings import HubSettings
 
 log = logging.getLogger("cachewire.hub.redis")
 
 REPLAY_WAIT = 5.0  # how long a resume waits for Redis, or for this replica's reader
 
-# KEYS: stream, epoch key, seq key. ARGV: epoch, maxlen, then per event: field count, fields…
-# `n` continues the epoch's counter; without the counter key (deleted, or written by an older
-# hub) it continues from the stream's last entry when that is of this epoch, else from 0.
-# `seq_baseline` (redis_reader.py) mirrors that rule.
+# KEYS: stream, epoch key, seq key[, idempotency key]. ARGV: epoch, maxlen, window in ms, then
+# per event: field count, fields… `n` continues the epoch's counter; without the counter key
+# (deleted, or written by an older hub) it continues from the stream's last entry when that
+# is of this epoch, else from 0. `seq_baseline` (redis_reader.py) mirrors that rule.
+# With an idempotency key: when it is stored, its ids (space-separated) are the answer
+# {2, ids} and nothing is appended; else the ids appended are stored under it, in the same
+# script, so replicas agree.
 PUBLISH_LUA = """
+if KEYS[4] then
+  local seen = redis.call('GET', KEYS[4])
+  if seen then return {2, seen} end
+end
 local epoch = redis.call('GET', KEYS[2])
 if epoch ~= ARGV[1] or redis.call('EXISTS', KEYS[1]) == 0 then
   return {0, epoch or ''}
@@ -75,7 +83,7 @@ if not n then
   end
 end
 local ids = {1}
-local i = 3
+local i = 4
 while i <= #ARGV do
   local count = tonumber(ARGV[i])
   n = n + 1
@@ -84,6 +92,11 @@ while i <= #ARGV do
   i = i + count + 1
 end
 redis.call('SET', KEYS[3], n)
+if KEYS[4] then
+  local full = {}
+  for j = 2, #ids do full[#full + 1] = ARGV[1] .. '-' .. ids[j] end
+  redis.call('SET', KEYS[4], table.concat(full, ' '), 'PX', ARGV[3])
+end
 return ids
 """
 
@@ -131,9 +144,9 @@ def entry_fields(draft: Draft) -> list[str]:
     """A draft → the field/value pairs of its stream entry (empty optional fields left out)."""
     fields = ["type", draft.type, "data", draft.data_json, "published_at", repr(draft.published_at)]
     if draft.keys:
-        fields += ["keys", json.dumps(draft.keys, ensure_ascii=False)]
+        fields += ["keys", wirejson.dumps(draft.keys)]
     if draft.prefixes:
-        fields += ["prefixes", json.dumps(draft.prefixes, ensure_ascii=False)]
+        fields += ["prefixes", wirejson.dumps(draft.prefixes)]
     if draft.flush:
         fields += ["flush", "1"]
     if draft.traceparent:
@@ -212,9 +225,28 @@ class RedisBroker:
     # --- the Broker protocol ---
 
     async def publish(self, drafts: Sequence[Draft]) -> list[Event]:
+        events, _ = await self._append(drafts)
+        return events
+
+    async def publish_once(
+        self, drafts: Sequence[Draft], key: str, window: float
+    ) -> tuple[list[str], bool]:
+        """The key lives in "<stream>:idem:<key>" for `window`, set by the append's script."""
+        events, seen = await self._append(drafts, f"{self.stream}:idem:{key}", window)
+        if seen is not None:
+            return check_count(key, seen, len(drafts)), False
+        return [e.id for e in events], True
+
+    async def _append(
+        self, drafts: Sequence[Draft], key: str = "", window: float = 0.0
+    ) -> tuple[list[Event], list[str] | None]:
+        """(events appended, None), or ([], the ids stored under the idempotency key)."""
         if not self.epoch:  # the reader would not know where to start: it would skip these
             raise Unavailable("redis is unavailable, nothing was published: not reached yet")
-        args: list[str | int] = [self._maxlen]
+        keys = [self.stream, self.epoch_key, self.seq_key]
+        if key:
+            keys.append(key)
+        args: list[str | int] = [self._maxlen, max(1, round(window * 1000))]
         for draft in drafts:
             fields = entry_fields(draft)
             args += [len(fields), *fields]
@@ -222,15 +254,15 @@ class RedisBroker:
             for _ in range(3):
                 epoch = self._write_epoch
                 async with asyncio.timeout(COMMAND_TIMEOUT):
-                    reply = await self._publish_script(
-                        keys=[self.stream, self.epoch_key, self.seq_key],
-                        args=[epoch, *args],
-                    )
+                    reply = await self._publish_script(keys=keys, args=[epoch, *args])
+                if reply[0] == 2:
+                    return [], str(reply[1]).split(" ")
                 if reply[0] == 1:
-                    return [
+                    events = [
                         Event.from_draft(d, f"{epoch}-{i}", parse_stream_id(i) or (0, 0))
                         for d, i in zip(drafts, reply[1:], strict=True)
                     ]
+                    return events, None
                 async with asyncio.timeout(COMMAND_TIMEOUT):
                     await self._ensure_epoch()  # the stream was lost or replaced: adopt it
         except (RedisError, OSError) as exc:

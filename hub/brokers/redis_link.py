@@ -1,6 +1,10 @@
 """The Redis link, shared by the broker and the channel ingest: clients from URLs (plain,
-TLS, Unix socket, Sentinel), following a Sentinel failover, reconnect backoff, and the
-up/down state of a link, logged once per change.
+TLS, Unix socket, Sentinel, Cluster), following a Sentinel failover, reconnect backoff, and
+the up/down state of a link, logged once per change.
+
+On Redis Cluster every key the broker touches in one script or transaction must live in
+one slot: the stream name carries a hash tag (`{cachewire}:events`) and the other keys are
+named after it (`{cachewire}:events:epoch`, `…:seq`, `…:ingest`).
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ import logging
 import random
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
@@ -36,6 +41,41 @@ def next_delay(attempt: int, base: float, cap: float, rng: random.Random) -> flo
 
 
 SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
+def has_hash_tag(key: str) -> bool:
+    """Whether Redis Cluster hashes only part of `key` (the first non-empty `{…}`)."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return start >= 0 and end > start + 1
+
+
+@dataclass(frozen=True)
+class ClusterUrl:
+    """redis+cluster://[[user]:password@]host[:port][,host[:port]…] (any nodes of it)"""
+
+    nodes: list[tuple[str, int]]
+    username: str | None = None
+    password: str | None = None
+    ssl: bool = False
+
+    @classmethod
+    def parse(cls, url: str) -> ClusterUrl:
+        parts = urlsplit(url)
+        auth, _, hosts = parts.netloc.rpartition("@")
+        user, _, password = auth.partition(":")
+        if not hosts or parts.path.strip("/") not in ("", "0"):
+            raise ValueError(
+                "a cluster URL is redis+cluster://host:port[,host:port] (database 0 only)"
+            )
+        nodes = []
+        for host in hosts.split(","):
+            name, _, port = host.partition(":")
+            nodes.append((name, int(port or 6379)))
+        return cls(
+            nodes, unquote(user) or None, unquote(password) or None, url.startswith("rediss+")
+        )
 
 
 @dataclass(frozen=True)
@@ -80,13 +120,17 @@ def check_url(url: str) -> str:
     """The URL if redis-py can use it, else ValueError saying why (for --redis-url)."""
     if url.startswith(SENTINEL_SCHEMES):
         SentinelUrl.parse(url)
+    elif url.startswith(CLUSTER_SCHEMES):
+        ClusterUrl.parse(url)
     elif url.startswith(("redis://", "rediss://", "unix://")):
         parse_url(url)
         db = "" if url.startswith("unix://") else urlsplit(url).path.strip("/")
         if db and not re.fullmatch(r"[0-9]{1,5}", db):
             raise ValueError(f"the database number {db!r} is not a number")
     else:
-        raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
+        raise ValueError(
+            "must start with redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://"
+        )
     return url
 
 
@@ -104,6 +148,8 @@ def connect(url: str, *, retries: int, decode: bool = True) -> aioredis.Redis:
         # Retry only failures to reach Redis, never a command that may have been applied.
         "retry": Retry(NoBackoff(), retries, supported_errors=(RedisConnectionError,)),
     }
+    if url.startswith(CLUSTER_SCHEMES):
+        return _cluster(ClusterUrl.parse(url), options)
     if not url.startswith(SENTINEL_SCHEMES):
         return aioredis.from_url(url, **options)
     sentinel = SentinelUrl.parse(url)
@@ -123,12 +169,26 @@ def connect(url: str, *, retries: int, decode: bool = True) -> aioredis.Redis:
     return client
 
 
+def _cluster(url: ClusterUrl, options: dict[str, Any]) -> aioredis.Redis:
+    """A Redis Cluster client. It is not an `aioredis.Redis`, but it offers every command the
+    broker and the ingest use on one key's slot (scripts, XREAD, XRANGE, XINFO, same-slot
+    transactions, pub/sub), which is all the rest of the hub relies on."""
+    client = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in url.nodes],
+        username=url.username,
+        password=url.password,
+        ssl=url.ssl,
+        **options,
+    )
+    return cast(aioredis.Redis, client)
+
+
 async def follow_master(client: aioredis.Redis) -> None:
     """With Sentinel, ask where the master is now; if it moved, idle connections to the old
     one are closed. redis-py asks only when it connects, so after a failover a pool would
     keep writing to the demoted master (whose writes Redis then discards) for as long as
     the sentinels take to reconfigure it, ten seconds or more."""
-    pool = client.connection_pool
+    pool = getattr(client, "connection_pool", None)  # a cluster client has none
     if isinstance(pool, SentinelConnectionPool):
         await pool.get_master_address()  # type: ignore[no-untyped-call]
 

@@ -19,7 +19,6 @@ without `n` (before this field existed) are read as before and checked against n
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import re
@@ -31,6 +30,7 @@ import redis.asyncio as aioredis
 from prometheus_client.core import CounterMetricFamily, Metric
 from redis.exceptions import RedisError
 
+from cachewire.common import wirejson
 from cachewire.hub.brokers.base import Dispatch, OnReset
 from cachewire.hub.brokers.redis_link import (
     BACKOFF_BASE,
@@ -116,8 +116,8 @@ def event_from_entry(epoch: str, entry_id: str, fields: dict[str, str]) -> Event
         pos,
         fields["type"],
         fields.get("data", "null"),
-        tuple(json.loads(fields["keys"])) if "keys" in fields else (),
-        tuple(json.loads(fields["prefixes"])) if "prefixes" in fields else (),
+        tuple(wirejson.loads(fields["keys"])) if "keys" in fields else (),
+        tuple(wirejson.loads(fields["prefixes"])) if "prefixes" in fields else (),
         fields.get("flush") == "1",
         fields.get("traceparent", ""),
         fields.get("tracestate", ""),

@@ -375,3 +375,9 @@ class _Servicer:
             grpc.StatusCode.UNIMPLEMENTED,
             "the sidecar relay only serves Subscribe; publish to the hub",
         )
+
+    async def PublishStream(self, requests: Any, context: Any) -> None:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "the sidecar relay only serves Subscribe; publish to the hub",
+        )

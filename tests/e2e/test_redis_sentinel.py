@@ -90,7 +90,7 @@ async def test_the_hub_follows_the_master_through_a_sentinel_failover(
             await eventually(ingesting, "the hub subscribed to the channel on the master")
             await old.publish("plasma", json.dumps({"meta": {"type": "s:2"}, "data": 2}))
             assert (await sub.next()).data == {"meta": {"type": "s:2"}, "data": 2}
-            assert await old.xlen("cachewire:events") == 2  # both went to the master
+            assert await old.xlen("{cachewire}:events") == 2  # both went to the master
 
             assert await old.execute_command("WAIT", 1, 10_000) == 1  # replicated
             admin = aioredis.from_url(f"redis://127.0.0.1:{sentinel.port}", decode_responses=True)
@@ -122,7 +122,7 @@ async def test_the_hub_follows_the_master_through_a_sentinel_failover(
                     (event_id,) = (await resp.json())["ids"]
                 landed.append(event_id)
                 stream_id = event_id.split("-", 1)[1]
-                return bool(await new.xrange("cachewire:events", stream_id, stream_id))
+                return bool(await new.xrange("{cachewire}:events", stream_id, stream_id))
 
             landed: list[str] = []
             await eventually(lands_on_new_master, "a publish stored by the new master")

@@ -52,7 +52,7 @@ async def test_tls_password_and_database_number_from_the_url(
             await sub.position()
             ids = await publish(hub, [{"type": "t:1"}])
             assert (await sub.next()).id == ids[0]
-            assert await client.xlen("cachewire:events") == 1  # in database 3
+            assert await client.xlen("{cachewire}:events") == 1  # in database 3
 
             async def ingesting() -> bool:
                 return bool((await client.pubsub_numsub("plasma"))[0][1] == 1)
@@ -62,7 +62,7 @@ async def test_tls_password_and_database_number_from_the_url(
             assert (await sub.next()).data == {"meta": {"type": "t:2"}, "data": 2}
         plain = aioredis.from_url(url.replace("/3?", "/0?"))
         try:
-            assert await plain.xlen("cachewire:events") == 0  # not in database 0
+            assert await plain.xlen("{cachewire}:events") == 0  # not in database 0
         finally:
             await plain.aclose()
     finally:

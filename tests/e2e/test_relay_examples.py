@@ -124,7 +124,7 @@ def test_a_write_through_one_app_invalidates_the_others_cache(
 
 
 def test_cachewire_publish(hub_process: Callable[..., Proc]) -> None:
-    hub = hub_process(grpc=False)
+    hub = hub_process()
     hub_url = f"http://127.0.0.1:{hub.ports['http']}"
     ok = publisher(
         "--hub-url", hub_url, "--type", "program:1234:views", "--every", "0.01", "--count", "3"
@@ -154,8 +154,16 @@ def test_cachewire_publish(hub_process: Callable[..., Proc]) -> None:
     not_an_event = publisher("--hub-url", hub_url, stdin='{"type":"x"}\n[1, 2]\n')
     assert not_an_event.returncode == 1 and "line 2" in not_an_event.stderr
 
-    down = publisher("--hub-url", f"http://127.0.0.1:{free_port()}", "--type", "a")
+    down = publisher(
+        "--hub-url", f"http://127.0.0.1:{free_port()}", "--type", "a", "--retry-for", "0.2"
+    )
     assert down.returncode == 2 and "cannot reach the hub" in down.stderr
+
+    over_grpc = publisher("--hub-url", f"grpc://127.0.0.1:{hub.ports['grpc']}", "--type", "g")
+    assert over_grpc.returncode == 0 and len(over_grpc.stdout.split()) == 1, over_grpc.stderr
+
+    unknown = publisher("--hub-url", hub_url, stdin='{"type":"x","kyes":["x:1"]}\n')
+    assert unknown.returncode == 1 and "line 1: unknown field(s): kyes" in unknown.stderr
 
     bad_data = publisher("--type", "a", "--data", "not json")
     assert bad_data.returncode == 2 and "--data must be JSON" in bad_data.stderr

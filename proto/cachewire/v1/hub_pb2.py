@@ -24,33 +24,33 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63\x61\x63hewire/v1/hub.proto\x12\x0c\x63\x61\x63hewire.v1\"\x80\x01\n\nEventInput\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\t\x12\x0c\n\x04keys\x18\x03 \x03(\t\x12\x10\n\x08prefixes\x18\x04 \x03(\t\x12\r\n\x05\x66lush\x18\x05 \x01(\x08\x12\x13\n\x0btraceparent\x18\x06 \x01(\t\x12\x12\n\ntracestate\x18\x07 \x01(\t\":\n\x0ePublishRequest\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.cachewire.v1.EventInput\"\x1e\n\x0fPublishResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\"\xa9\x01\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\t\x12\x0c\n\x04keys\x18\x04 \x03(\t\x12\x10\n\x08prefixes\x18\x05 \x03(\t\x12\r\n\x05\x66lush\x18\x06 \x01(\x08\x12 \n\x18published_at_unix_micros\x18\x07 \x01(\x03\x12\x13\n\x0btraceparent\x18\x08 \x01(\t\x12\x12\n\ntracestate\x18\t \x01(\t\"7\n\x10SubscribeRequest\x12\x0e\n\x06topics\x18\x01 \x03(\t\x12\x13\n\x0bresume_from\x18\x02 \x01(\t\"1\n\nEventBatch\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.cachewire.v1.Event\"?\n\tHeartbeat\x12\x15\n\rhigh_water_id\x18\x01 \x01(\t\x12\x1b\n\x13sent_at_unix_micros\x18\x02 \x01(\x03\"W\n\x05Reset\x12)\n\x06reason\x18\x01 \x01(\x0e\x32\x19.cachewire.v1.ResetReason\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x13\n\x0bresume_from\x18\x03 \x01(\t\"\x9e\x01\n\x11SubscribeResponse\x12*\n\x06\x65vents\x18\x01 \x01(\x0b\x32\x18.cachewire.v1.EventBatchH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.cachewire.v1.HeartbeatH\x00\x12$\n\x05reset\x18\x03 \x01(\x0b\x32\x13.cachewire.v1.ResetH\x00\x42\t\n\x07message*\xaa\x01\n\x0bResetReason\x12\x1c\n\x18RESET_REASON_UNSPECIFIED\x10\x00\x12 \n\x1cRESET_REASON_HISTORY_EXPIRED\x10\x01\x12\x1e\n\x1aRESET_REASON_EPOCH_CHANGED\x10\x02\x12\x1b\n\x17RESET_REASON_UNKNOWN_ID\x10\x03\x12\x1e\n\x1aRESET_REASON_SLOW_CONSUMER\x10\x04\x32\xa1\x01\n\x03Hub\x12H\n\x07Publish\x12\x1c.cachewire.v1.PublishRequest\x1a\x1d.cachewire.v1.PublishResponse\"\x00\x12P\n\tSubscribe\x12\x1e.cachewire.v1.SubscribeRequest\x1a\x1f.cachewire.v1.SubscribeResponse\"\x00\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63\x61\x63hewire/v1/hub.proto\x12\x0c\x63\x61\x63hewire.v1\"\x80\x01\n\nEventInput\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\t\x12\x0c\n\x04keys\x18\x03 \x03(\t\x12\x10\n\x08prefixes\x18\x04 \x03(\t\x12\r\n\x05\x66lush\x18\x05 \x01(\x08\x12\x13\n\x0btraceparent\x18\x06 \x01(\t\x12\x12\n\ntracestate\x18\x07 \x01(\t\"S\n\x0ePublishRequest\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.cachewire.v1.EventInput\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"\x1e\n\x0fPublishResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\"\xa9\x01\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\t\x12\x0c\n\x04keys\x18\x04 \x03(\t\x12\x10\n\x08prefixes\x18\x05 \x03(\t\x12\r\n\x05\x66lush\x18\x06 \x01(\x08\x12 \n\x18published_at_unix_micros\x18\x07 \x01(\x03\x12\x13\n\x0btraceparent\x18\x08 \x01(\t\x12\x12\n\ntracestate\x18\t \x01(\t\"7\n\x10SubscribeRequest\x12\x0e\n\x06topics\x18\x01 \x03(\t\x12\x13\n\x0bresume_from\x18\x02 \x01(\t\"1\n\nEventBatch\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.cachewire.v1.Event\"?\n\tHeartbeat\x12\x15\n\rhigh_water_id\x18\x01 \x01(\t\x12\x1b\n\x13sent_at_unix_micros\x18\x02 \x01(\x03\"W\n\x05Reset\x12)\n\x06reason\x18\x01 \x01(\x0e\x32\x19.cachewire.v1.ResetReason\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x13\n\x0bresume_from\x18\x03 \x01(\t\"\x9e\x01\n\x11SubscribeResponse\x12*\n\x06\x65vents\x18\x01 \x01(\x0b\x32\x18.cachewire.v1.EventBatchH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.cachewire.v1.HeartbeatH\x00\x12$\n\x05reset\x18\x03 \x01(\x0b\x32\x13.cachewire.v1.ResetH\x00\x42\t\n\x07message*\xaa\x01\n\x0bResetReason\x12\x1c\n\x18RESET_REASON_UNSPECIFIED\x10\x00\x12 \n\x1cRESET_REASON_HISTORY_EXPIRED\x10\x01\x12\x1e\n\x1aRESET_REASON_EPOCH_CHANGED\x10\x02\x12\x1b\n\x17RESET_REASON_UNKNOWN_ID\x10\x03\x12\x1e\n\x1aRESET_REASON_SLOW_CONSUMER\x10\x04\x32\xf5\x01\n\x03Hub\x12H\n\x07Publish\x12\x1c.cachewire.v1.PublishRequest\x1a\x1d.cachewire.v1.PublishResponse\"\x00\x12R\n\rPublishStream\x12\x1c.cachewire.v1.PublishRequest\x1a\x1d.cachewire.v1.PublishResponse\"\x00(\x01\x30\x01\x12P\n\tSubscribe\x12\x1e.cachewire.v1.SubscribeRequest\x1a\x1f.cachewire.v1.SubscribeResponse\"\x00\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cachewire.v1.hub_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESETREASON']._serialized_start=859
-  _globals['_RESETREASON']._serialized_end=1029
+  _globals['_RESETREASON']._serialized_start=884
+  _globals['_RESETREASON']._serialized_end=1054
   _globals['_EVENTINPUT']._serialized_start=41
   _globals['_EVENTINPUT']._serialized_end=169
   _globals['_PUBLISHREQUEST']._serialized_start=171
-  _globals['_PUBLISHREQUEST']._serialized_end=229
-  _globals['_PUBLISHRESPONSE']._serialized_start=231
-  _globals['_PUBLISHRESPONSE']._serialized_end=261
-  _globals['_EVENT']._serialized_start=264
-  _globals['_EVENT']._serialized_end=433
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=435
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=490
-  _globals['_EVENTBATCH']._serialized_start=492
-  _globals['_EVENTBATCH']._serialized_end=541
-  _globals['_HEARTBEAT']._serialized_start=543
-  _globals['_HEARTBEAT']._serialized_end=606
-  _globals['_RESET']._serialized_start=608
-  _globals['_RESET']._serialized_end=695
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=698
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=856
-  _globals['_HUB']._serialized_start=1032
-  _globals['_HUB']._serialized_end=1193
+  _globals['_PUBLISHREQUEST']._serialized_end=254
+  _globals['_PUBLISHRESPONSE']._serialized_start=256
+  _globals['_PUBLISHRESPONSE']._serialized_end=286
+  _globals['_EVENT']._serialized_start=289
+  _globals['_EVENT']._serialized_end=458
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=460
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=515
+  _globals['_EVENTBATCH']._serialized_start=517
+  _globals['_EVENTBATCH']._serialized_end=566
+  _globals['_HEARTBEAT']._serialized_start=568
+  _globals['_HEARTBEAT']._serialized_end=631
+  _globals['_RESET']._serialized_start=633
+  _globals['_RESET']._serialized_end=720
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=723
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=881
+  _globals['_HUB']._serialized_start=1057
+  _globals['_HUB']._serialized_end=1302
 # @@protoc_insertion_point(module_scope)

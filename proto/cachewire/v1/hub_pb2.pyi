@@ -39,10 +39,12 @@ class EventInput(_message.Message):
     def __init__(self, type: _Optional[str] = ..., data: _Optional[str] = ..., keys: _Optional[_Iterable[str]] = ..., prefixes: _Optional[_Iterable[str]] = ..., flush: _Optional[bool] = ..., traceparent: _Optional[str] = ..., tracestate: _Optional[str] = ...) -> None: ...
 
 class PublishRequest(_message.Message):
-    __slots__ = ("events",)
+    __slots__ = ("events", "idempotency_key")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[EventInput]
-    def __init__(self, events: _Optional[_Iterable[_Union[EventInput, _Mapping]]] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, events: _Optional[_Iterable[_Union[EventInput, _Mapping]]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class PublishResponse(_message.Message):
     __slots__ = ("ids",)

@@ -39,6 +39,11 @@ class HubStub:
                 request_serializer=cachewire_dot_v1_dot_hub__pb2.PublishRequest.SerializeToString,
                 response_deserializer=cachewire_dot_v1_dot_hub__pb2.PublishResponse.FromString,
                 _registered_method=True)
+        self.PublishStream = channel.stream_stream(
+                '/cachewire.v1.Hub/PublishStream',
+                request_serializer=cachewire_dot_v1_dot_hub__pb2.PublishRequest.SerializeToString,
+                response_deserializer=cachewire_dot_v1_dot_hub__pb2.PublishResponse.FromString,
+                _registered_method=True)
         self.Subscribe = channel.unary_stream(
                 '/cachewire.v1.Hub/Subscribe',
                 request_serializer=cachewire_dot_v1_dot_hub__pb2.SubscribeRequest.SerializeToString,
@@ -57,6 +62,17 @@ class HubServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishStream(self, request_iterator, context):
+        """Publish many requests over one stream: each PublishRequest is stored as Publish stores
+        it (one append, all or nothing) and answered by one PublishResponse, in request order.
+        The first request that cannot be stored ends the stream with its status (INVALID_ARGUMENT
+        naming it by index from 0, UNAVAILABLE, RESOURCE_EXHAUSTED): every request before it was
+        answered and stored; it and every later one were not. Retry those with the same keys.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Subscribe(self, request, context):
         """Subscribe to topics (Plasma's hierarchical matching), optionally resuming after an id.
         """
@@ -69,6 +85,11 @@ def add_HubServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Publish': grpc.unary_unary_rpc_method_handler(
                     servicer.Publish,
+                    request_deserializer=cachewire_dot_v1_dot_hub__pb2.PublishRequest.FromString,
+                    response_serializer=cachewire_dot_v1_dot_hub__pb2.PublishResponse.SerializeToString,
+            ),
+            'PublishStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PublishStream,
                     request_deserializer=cachewire_dot_v1_dot_hub__pb2.PublishRequest.FromString,
                     response_serializer=cachewire_dot_v1_dot_hub__pb2.PublishResponse.SerializeToString,
             ),
@@ -103,6 +124,33 @@ class Hub:
             request,
             target,
             '/cachewire.v1.Hub/Publish',
+            cachewire_dot_v1_dot_hub__pb2.PublishRequest.SerializeToString,
+            cachewire_dot_v1_dot_hub__pb2.PublishResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/cachewire.v1.Hub/PublishStream',
             cachewire_dot_v1_dot_hub__pb2.PublishRequest.SerializeToString,
             cachewire_dot_v1_dot_hub__pb2.PublishResponse.FromString,
             options,

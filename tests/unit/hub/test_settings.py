@@ -199,3 +199,14 @@ def test_docs_hub_md_shows_the_current_settings_table() -> None:
         "docs/hub.md's settings table is out of date: replace it with the output of "
         "python -c 'from hub.settings import settings_table; print(settings_table())'"
     )
+
+
+def test_help_of_every_command_renders(capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse formats help texts with %: a literal % in a setting's help must not crash."""
+    from cachewire.cli import COMMANDS, main
+
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as exited:
+            main([name, "--help"])
+        assert exited.value.code == 0, name
+        assert "usage:" in capsys.readouterr().out

@@ -1,0 +1,1 @@
+"""Kubernetes integration: sidecar injection (function, CLI, admission webhook)."""
