@@ -17,6 +17,11 @@ from cachewire.common import wirejson
 from cachewire.hub.errors import InvalidInput, TooLarge
 
 MAX_TYPE_BYTES = 256
+# Bytes of framing per field or list item in protobuf: a tag and a length (≤ 3 bytes
+# below 2 MiB).
+EVENT_FIELD_OVERHEAD = 4
+# An event's fixed fields on the wire: id (≤ 64), published_at, flush and their framing.
+EVENT_FIXED_BYTES = 96
 RESET_TYPE = "cachewire:reset"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -53,6 +58,7 @@ class Event:
     tracestate: str = ""
     published_at: float = 0.0
     _sse: bytes | None = None  # the SSE frame as one HTTP/1.1 chunk, encoded once
+    _size: int = 0  # memory_bytes(), computed once
 
     @classmethod
     def from_draft(cls, draft: Draft, id: str, pos: Position) -> Event:
@@ -68,6 +74,16 @@ class Event:
             draft.tracestate,
             draft.published_at,
         )
+
+    def memory_bytes(self) -> int:
+        """What keeping this event costs, about: its text twice (the data, and the SSE
+        frame encoded once for every subscriber) and Python's per-object overhead."""
+        size = self._size
+        if size == 0:
+            text = len(self.data_json) + len(self.type) + sum(map(len, self.keys))
+            text += sum(map(len, self.prefixes))
+            size = self._size = 2 * text + 64 * (len(self.keys) + len(self.prefixes)) + 400
+        return size
 
     def plasma_json(self) -> str:
         """Plasma's envelope: {"meta":{"type":...},"data":...}; extra fields only in meta."""
@@ -90,8 +106,13 @@ class Event:
 
     def sse_frame(self) -> bytes:
         """The bare SSE frame (for HTTP/1.0 clients, which get no chunked encoding)."""
+        return bytes(self.sse_frame_view())
+
+    def sse_frame_view(self) -> memoryview:
+        """The bare SSE frame as a view into the shared chunk: what HTTP/1.0 subscribers
+        are sent, so that their replays copy nothing per subscriber."""
         wire = self.sse_chunk()
-        return wire[wire.index(b"\r\n") + 2 : -2]
+        return memoryview(wire)[wire.index(b"\r\n") + 2 : -2]
 
 
 def as_chunk(data: bytes) -> bytes:
@@ -103,7 +124,8 @@ _dumps = wirejson.dumps
 
 
 def parse_json(text: str | bytes, what: str = "the body") -> Any:
-    """Strict JSON: no NaN/Infinity (browsers' JSON.parse rejects them), bounded nesting."""
+    """Strict JSON: no NaN/Infinity, no number beyond a double's range (browsers'
+    JSON.parse rejects them), bounded nesting."""
     try:
         return wirejson.loads(text)
     except RecursionError:
@@ -153,9 +175,22 @@ def validate_topic(topic: Any, what: str = "type") -> str:
     return topic
 
 
-def parse_topics(raw: Sequence[Any], what: str = "topic") -> frozenset[str]:
+def event_bytes(
+    type: str, data_bytes: int, keys: tuple[str, ...], prefixes: tuple[str, ...]
+) -> int:
+    """An upper bound of one event's size in a protobuf message."""
+    return EVENT_FIXED_BYTES + len(type) + data_bytes + _list_bytes(keys) + _list_bytes(prefixes)
+
+
+def parse_topics(
+    raw: Sequence[Any], what: str = "topic", limit: int | None = None
+) -> frozenset[str]:
     if not raw:
         raise InvalidInput(f"at least one {what} is required")
+    if limit is not None and len(raw) > limit:
+        raise TooLarge(
+            f"{len(raw)} {what}s in one subscription, more than the limit of {limit} (--max-topics)"
+        )
     return frozenset(validate_topic(t, what) for t in raw)
 
 
@@ -174,6 +209,15 @@ def _string_list(value: Any, name: str, limit: int) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _list_bytes(values: tuple[str, ...]) -> int:
+    """UTF-8 bytes of a list on the wire: each item with its framing."""
+    if not values:
+        return 0
+    joined = "".join(values)
+    text = len(joined) if joined.isascii() else len(joined.encode("utf-8", "surrogatepass"))
+    return text + EVENT_FIELD_OVERHEAD * len(values)
+
+
 def make_draft(
     *,
     type: Any,
@@ -184,17 +228,33 @@ def make_draft(
     traceparent: str = "",
     tracestate: str = "",
     max_keys: int = 10_000,
+    max_bytes: int | None = None,
+    max_prefixes: int | None = None,
 ) -> Draft:
-    """Validate one event's fields; raise InvalidInput naming the first problem."""
+    """Validate one event's fields; raise InvalidInput naming the first problem.
+
+    With `max_bytes`, an event whose encoding may exceed it is refused (TooLarge): every
+    event must fit in one gRPC message on its own, however the hub batches it."""
     validate_topic(type)
     keys_t = _string_list(keys, "keys", max_keys)
-    prefixes_t = _string_list(prefixes, "prefixes", max_keys)
+    prefixes_t = _string_list(prefixes, "prefixes", min(max_keys, max_prefixes or max_keys))
     if len(keys_t) + len(prefixes_t) > max_keys:
         raise TooLarge(f"keys and prefixes together exceed the limit of {max_keys}")
     if not isinstance(flush, bool):
         raise InvalidInput("flush must be a boolean")
-    if not data_json.isascii():
+    if data_json.isascii():
+        data_bytes = len(data_json)
+    else:
         _encodable(data_json, "data")
+        data_bytes = len(data_json.encode())
+    if max_bytes is not None:
+        size = event_bytes(type, data_bytes, keys_t, prefixes_t)
+        size += len(traceparent) + min(len(tracestate), 512)
+        if size > max_bytes:
+            raise TooLarge(
+                f"the event is {size} bytes encoded, more than the limit of {max_bytes} "
+                "(--max-body)"
+            )
     if traceparent and not _TRACEPARENT.match(traceparent):
         traceparent, tracestate = "", ""  # a malformed context is dropped, as W3C says
     return Draft(type, data_json, keys_t, prefixes_t, flush, traceparent, tracestate[:512])
@@ -204,7 +264,13 @@ _FIELDS = frozenset(("type", "data", "keys", "prefixes", "flush"))
 
 
 def draft_from_item(
-    item: Any, *, max_keys: int, traceparent: str = "", tracestate: str = ""
+    item: Any,
+    *,
+    max_keys: int,
+    traceparent: str = "",
+    tracestate: str = "",
+    max_bytes: int | None = None,
+    max_prefixes: int | None = None,
 ) -> Draft:
     """One event object of a publish body (JSON or NDJSON) → a draft, or InvalidInput."""
     if not isinstance(item, dict):
@@ -218,6 +284,8 @@ def draft_from_item(
         data_json = _dumps(item.get("data"))
     except RecursionError:
         raise InvalidInput("data is nested too deeply") from None
+    except ValueError as exc:  # a non-finite number, should one get this far
+        raise InvalidInput(f"data is not JSON ({exc})") from None
     return make_draft(
         type=item["type"],
         data_json=data_json,
@@ -227,34 +295,56 @@ def draft_from_item(
         traceparent=traceparent,
         tracestate=tracestate,
         max_keys=max_keys,
+        max_bytes=max_bytes,
+        max_prefixes=max_prefixes,
     )
 
 
 def drafts_from_json(
-    body: Any, *, max_keys: int, traceparent: str = "", tracestate: str = ""
+    body: Any,
+    *,
+    max_keys: int,
+    traceparent: str = "",
+    tracestate: str = "",
+    max_bytes: int | None = None,
+    max_prefixes: int | None = None,
+    max_events: int | None = None,
 ) -> list[Draft]:
     """An HTTP publish body (one object or an array of them) → drafts, or InvalidInput."""
+
+    def one(item: Any) -> Draft:
+        return draft_from_item(
+            item,
+            max_keys=max_keys,
+            traceparent=traceparent,
+            tracestate=tracestate,
+            max_bytes=max_bytes,
+            max_prefixes=max_prefixes,
+        )
+
     if not isinstance(body, list):  # the common case: one event, no error prefix
-        return [
-            draft_from_item(body, max_keys=max_keys, traceparent=traceparent, tracestate=tracestate)
-        ]
+        return [one(body)]
     if not body:
         raise InvalidInput("the event array is empty")
+    check_count(len(body), max_events)
     drafts = []
     for i, item in enumerate(body):
         try:
-            drafts.append(
-                draft_from_item(
-                    item, max_keys=max_keys, traceparent=traceparent, tracestate=tracestate
-                )
-            )
+            drafts.append(one(item))
         except InvalidInput as exc:
             raise type(exc)(f"event {i}: {exc}") from None
     return drafts
 
 
 def drafts_from_ndjson(
-    body: bytes, *, max_keys: int, traceparent: str = "", tracestate: str = ""
+    body: bytes,
+    *,
+    max_keys: int,
+    traceparent: str = "",
+    tracestate: str = "",
+    max_bytes: int | None = None,
+    max_prefixes: int | None = None,
+    max_events: int | None = None,
 ) -> list[Draft]:
     """An NDJSON publish body (one event object a line; blank lines skipped) → drafts.
 
@@ -268,14 +358,28 @@ def drafts_from_ndjson(
             item = parse_json(line, "the line")
             drafts.append(
                 draft_from_item(
-                    item, max_keys=max_keys, traceparent=traceparent, tracestate=tracestate
+                    item,
+                    max_keys=max_keys,
+                    traceparent=traceparent,
+                    tracestate=tracestate,
+                    max_bytes=max_bytes,
+                    max_prefixes=max_prefixes,
                 )
             )
         except InvalidInput as exc:
             raise type(exc)(f"line {number}: {exc}") from None
+        check_count(len(drafts), max_events)
     if not drafts:
         raise InvalidInput("the NDJSON body has no event")
     return drafts
+
+
+def check_count(events: int, max_events: int | None) -> None:
+    """One request publishes at most `max_events` (its validation and fan-out hold the loop)."""
+    if max_events is not None and events > max_events:
+        raise TooLarge(
+            f"the request has {events} events, more than the limit of {max_events} (--max-events)"
+        )
 
 
 MAX_IDEMPOTENCY_KEY = 255

@@ -25,6 +25,7 @@ from cachewire.hub.errors import HubError, InvalidInput, Unavailable
 from cachewire.hub.events import (
     Draft,
     Event,
+    check_count,
     data_json_from_text,
     idempotency_key,
     make_draft,
@@ -37,8 +38,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cachewire.hub.grpc")
 
-# Most events in one EventBatch message (a replay of a large history leaves in several).
+# Most events in one EventBatch message (a replay of a large history leaves in several);
+# the bytes of one are capped by the --subscribe-batch-bytes setting.
 MAX_BATCH = 1000
+FRAMING = 5  # bytes around one event in a batch: its tag and length
 RESET_REASONS: dict[ResetReason, hub_pb2.ResetReason] = {
     "history_expired": hub_pb2.RESET_REASON_HISTORY_EXPIRED,
     "epoch_changed": hub_pb2.RESET_REASON_EPOCH_CHANGED,
@@ -70,17 +73,24 @@ def field_1(payload: bytes) -> bytes:
 class EncodeCache:
     """Event → encoded message, computed once and shared by every subscriber of a service."""
 
-    def __init__(self, encode: Callable[[Event], bytes], size: int = 16_384) -> None:
+    def __init__(
+        self, encode: Callable[[Event], bytes], size: int = 16_384, max_bytes: int = 32 << 20
+    ) -> None:
         self._encode = encode
         self._size = size
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._cache: dict[str, bytes] = {}
 
     def __call__(self, event: Event) -> bytes:
         data = self._cache.get(event.id)
         if data is None:
-            if len(self._cache) >= self._size:
+            data = self._encode(event)
+            if len(self._cache) >= self._size or self._bytes + len(data) > self._max_bytes:
                 self._cache.clear()  # cheap; a miss only costs one more encoding
-            data = self._cache[event.id] = self._encode(event)
+                self._bytes = 0
+            self._cache[event.id] = data
+            self._bytes += len(data)
         return data
 
 
@@ -153,6 +163,41 @@ class Outbox(Tracked):
         if self.lagging:
             self._shrank(self.events)
         return run
+
+    def take_batch(
+        self, max_events: int, max_bytes: int, encode: Callable[[Event], bytes]
+    ) -> bytes | list[bytes]:
+        """The next control message, or the encoded events at the head that fit in
+        `max_bytes` (at most `max_events`; always at least one, however large)."""
+        items = self.items
+        first = items.popleft()
+        if isinstance(first, bytes):
+            return first
+        data = encode(first)
+        run, total = [data], len(data) + FRAMING
+        while items and len(run) < max_events:
+            head = items[0]
+            if isinstance(head, bytes):
+                break
+            data = encode(head)
+            total += len(data) + FRAMING
+            if total > max_bytes:
+                break
+            items.popleft()
+            run.append(data)
+        self.events -= len(run)
+        if self.lagging:
+            self._shrank(self.events)
+        return run
+
+    def pop(self) -> Event | bytes:
+        """The next item alone (a stream of one message per event writes them one by one)."""
+        item = self.items.popleft()
+        if not isinstance(item, bytes):
+            self.events -= 1
+            if self.lagging:
+                self._shrank(self.events)
+        return item
 
     def clear(self) -> None:
         self.items.clear()
@@ -246,8 +291,11 @@ class SubscribeSink(OutboxSink):
         "the subscriber fell behind its queue of {limit} events; resubscribe with resume_from"
     )
 
-    def __init__(self, queue_size: int, encode: Callable[[Event], bytes]) -> None:
+    def __init__(
+        self, queue_size: int, encode: Callable[[Event], bytes], batch_bytes: int = 1 << 20
+    ) -> None:
         super().__init__(queue_size, encode)
+        self._batch_bytes = batch_bytes
         self._heartbeat: bytes | None = None  # the heartbeat queued last, if still queued
         self._live = False
 
@@ -278,11 +326,8 @@ class SubscribeSink(OutboxSink):
         """Encoded SubscribeResponse messages: consecutive events leave as one batch."""
         box = self.outbox
         while await box.ready():
-            item = box.take(MAX_BATCH)
-            if isinstance(item, bytes):
-                yield item
-            else:
-                yield batch_message([self._encode(e) for e in item])
+            item = box.take_batch(MAX_BATCH, self._batch_bytes, self._encode)
+            yield item if isinstance(item, bytes) else batch_message(item)
         if box.error is not None:
             raise box.error
 
@@ -302,11 +347,17 @@ async def write(context: Any, message: bytes) -> bool:
 
 
 def drafts_from_request(
-    request: hub_pb2.PublishRequest, metadata: dict[str, str], max_keys: int
+    request: hub_pb2.PublishRequest,
+    metadata: dict[str, str],
+    max_keys: int,
+    max_bytes: int | None = None,
+    max_prefixes: int | None = None,
+    max_events: int | None = None,
 ) -> list[Draft]:
     """Validate like HTTP publish; InvalidInput names the index of the first bad event."""
     if not request.events:
         raise InvalidInput("at least one event is required")
+    check_count(len(request.events), max_events)
     drafts = []
     for i, item in enumerate(request.events):
         if item.traceparent:
@@ -325,6 +376,8 @@ def drafts_from_request(
                     traceparent=traceparent,
                     tracestate=tracestate,
                     max_keys=max_keys,
+                    max_bytes=max_bytes,
+                    max_prefixes=max_prefixes,
                 )
             )
         except InvalidInput as exc:
@@ -368,7 +421,14 @@ class HubService:
         """What Publish and PublishStream share: validation (as HTTP's), the idempotency
         key, one append per request."""
         settings = self._hub.settings
-        drafts = drafts_from_request(request, metadata, settings.max_keys)
+        drafts = drafts_from_request(
+            request,
+            metadata,
+            settings.max_keys,
+            settings.max_body,
+            settings.max_prefixes,
+            settings.max_events,
+        )
         key = idempotency_key(request.idempotency_key)
         await self._hub.fanout.pressure.admit()  # the hub is behind: wait, or RESOURCE_EXHAUSTED
         ids = await telemetry.publish_ids(
@@ -377,11 +437,12 @@ class HubService:
         return hub_pb2.PublishResponse(ids=ids)
 
     async def Subscribe(self, request: hub_pb2.SubscribeRequest, context: Any) -> None:
-        topics = parse_topics(list(request.topics))
+        topics = parse_topics(list(request.topics), limit=self._hub.settings.max_topics)
         if self._hub.stopping:
             raise Unavailable(SHUTTING_DOWN)
         fanout = self._hub.fanout
-        sink = SubscribeSink(self._hub.settings.queue_size, self._encode)
+        settings = self._hub.settings
+        sink = SubscribeSink(settings.queue_size, self._encode, settings.subscribe_batch_bytes)
         peer, started = context.peer(), time.monotonic()
         log.info(
             "grpc subscribe opened",

@@ -25,7 +25,7 @@ from grpc._cython import cygrpc  # grpc.aio's implementation: see StreamWriter
 
 from cachewire.hub.brokers.base import ResetReason
 from cachewire.hub.core import Subscription
-from cachewire.hub.errors import HubError, Unavailable
+from cachewire.hub.errors import HubError, TooLarge, Unavailable
 from cachewire.hub.events import RESET_TYPE, Event, validate_topic
 from cachewire.hub.grpc_api import SHUTTING_DOWN, EncodeCache, Outbox, OutboxSink
 from cachewire.v1 import plasma_pb2
@@ -243,6 +243,12 @@ class StreamService:
                         fanout.unsubscribe(holder[0])
                     sink.outbox.finish()
                     return
+                limit = self._hub.settings.max_topics
+                if len(request.events) > limit:
+                    raise TooLarge(
+                        f"{len(request.events)} event types in one subscription, more than "
+                        f"the limit of {limit} (--max-topics)"
+                    )
                 topics = frozenset(validate_topic(e.type, "event type") for e in request.events)
                 if not holder:
                     holder.append(await fanout.subscribe(topics, sink, request.lastEventId or None))

@@ -37,13 +37,16 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 HEALTH_POLL = 1.0
 # Keepalive (gRPC core's doc/keepalive.md): ping idle connections to find dead peers of
 # idle streams (Plasma relied on TCP alone), with no cap on pings while no data flows; and
-# accept client pings as often as every 10 s, also on connections without calls.
+# accept client pings as often as every 10 s, also on connections without calls; a client
+# that pings more often is sent GOAWAY after two strikes (enforcement).
 SERVER_OPTIONS = (
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 2),
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -170,6 +173,9 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", s.max_body),
                 # Off (a second hub on the port is an error), except --workers share it.
                 ("grpc.so_reuseport", int(s.workers > 1)),
+                ("grpc.max_concurrent_streams", s.max_streams),
+                ("grpc.server_handshake_timeout_ms", int(s.header_timeout * 1000)),
+                ("grpc.max_connection_idle_ms", int(s.idle_timeout * 1000)),
                 *connection_age(s.max_connection_age, s.max_connection_age_grace),
             )
         )

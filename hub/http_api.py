@@ -22,6 +22,7 @@ from cachewire.hub.events import (
 
 if TYPE_CHECKING:
     from cachewire.hub.server import Hub
+    from cachewire.hub.settings import HubSettings
 
 log = logging.getLogger("cachewire.hub.http")
 
@@ -92,7 +93,7 @@ async def publish(request: web.Request) -> web.StreamResponse:
     try:
         hub = request.app[sse.HUB]
         settings = hub.settings
-        drafts = await read_drafts(request, settings.max_body, settings.max_keys)
+        drafts = await read_drafts(request, settings)
         key = idempotency_key(request.headers.get("Idempotency-Key", ""))
         await hub.fanout.pressure.admit()  # the hub is behind: wait, or 503 Retry-After
         ids = await telemetry.publish_ids(
@@ -103,8 +104,10 @@ async def publish(request: web.Request) -> web.StreamResponse:
     return web.Response(body=b'{"ids":%b}' % wirejson.dumpb(ids), content_type="application/json")
 
 
-async def read_drafts(request: web.Request, max_body: int, max_keys: int) -> list[Draft]:
-    """The request's body → validated drafts (JSON, or NDJSON by its Content-Type)."""
+async def read_drafts(request: web.Request, settings: HubSettings) -> list[Draft]:
+    """The request's body → validated drafts (JSON, or NDJSON by its Content-Type), within
+    --max-body, --max-events, --max-keys and --max-prefixes."""
+    max_body = settings.max_body
     if request.content_length is not None and request.content_length > max_body:
         raise TooLarge(f"request body is larger than the limit of {max_body} bytes")
     raw = await request.read()
@@ -113,10 +116,22 @@ async def read_drafts(request: web.Request, max_body: int, max_keys: int) -> lis
     tracestate = headers.get("tracestate", "")
     if request.content_type == NDJSON:
         return drafts_from_ndjson(
-            raw, max_keys=max_keys, traceparent=traceparent, tracestate=tracestate
+            raw,
+            max_keys=settings.max_keys,
+            traceparent=traceparent,
+            tracestate=tracestate,
+            max_bytes=max_body,
+            max_prefixes=settings.max_prefixes,
+            max_events=settings.max_events,
         )
     return drafts_from_json(
-        parse_json(raw), max_keys=max_keys, traceparent=traceparent, tracestate=tracestate
+        parse_json(raw),
+        max_keys=settings.max_keys,
+        traceparent=traceparent,
+        tracestate=tracestate,
+        max_bytes=max_body,
+        max_prefixes=settings.max_prefixes,
+        max_events=settings.max_events,
     )
 
 

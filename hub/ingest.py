@@ -68,7 +68,9 @@ return 0
 """
 
 
-def draft_from_message(raw: bytes | str, *, max_keys: int, max_bytes: int) -> Draft:
+def draft_from_message(
+    raw: bytes | str, *, max_keys: int, max_bytes: int, max_prefixes: int | None = None
+) -> Draft:
     """A Plasma channel message → a draft, or InvalidInput saying what is wrong with it.
 
     `meta` may also carry cachewire's `keys`, `prefixes` and `flush` (what the hub itself
@@ -86,6 +88,8 @@ def draft_from_message(raw: bytes | str, *, max_keys: int, max_bytes: int) -> Dr
         data_json = wirejson.dumps(body.get("data"))
     except RecursionError:
         raise InvalidInput("data is nested too deeply") from None
+    except ValueError as exc:  # parse_json lets no non-finite number through; be sure
+        raise InvalidInput(f"data is not JSON ({exc})") from None
     return make_draft(
         type=meta["type"],
         data_json=data_json,
@@ -93,6 +97,8 @@ def draft_from_message(raw: bytes | str, *, max_keys: int, max_bytes: int) -> Dr
         prefixes=meta.get("prefixes"),
         flush=meta.get("flush", False),
         max_keys=max_keys,
+        max_bytes=max_bytes,
+        max_prefixes=max_prefixes,
     )
 
 
@@ -205,7 +211,12 @@ class ChannelIngest:
         for message in messages:
             try:
                 drafts.append(
-                    draft_from_message(message["data"], max_keys=s.max_keys, max_bytes=s.max_body)
+                    draft_from_message(
+                        message["data"],
+                        max_keys=s.max_keys,
+                        max_bytes=s.max_body,
+                        max_prefixes=s.max_prefixes,
+                    )
                 )
             except InvalidInput as exc:
                 self.counts["malformed"] += 1

@@ -17,6 +17,7 @@ from aiohttp import web
 from cachewire.hub import http_api, sse, telemetry
 from cachewire.hub.brokers.base import Broker
 from cachewire.hub.brokers.memory import MemoryBroker
+from cachewire.hub.connections import GuardedSite, Limits
 from cachewire.hub.core import Fanout, Pressure
 from cachewire.hub.metrics import make_registry
 from cachewire.hub.settings import HubSettings
@@ -33,7 +34,7 @@ def make_broker(settings: HubSettings) -> Broker:
         from cachewire.hub.brokers.redis import RedisBroker
 
         return RedisBroker(settings)
-    return MemoryBroker(settings.history)
+    return MemoryBroker(settings.history, history_bytes=settings.history_bytes)
 
 
 class Hub:
@@ -50,6 +51,11 @@ class Hub:
         self.http_port = 0
         self.grpc_port: int | None = None
         self._runner: web.AppRunner | None = None
+        self.connections = Limits(
+            self.settings.max_connections,
+            self.settings.max_connections_per_client,
+            self.settings.header_timeout,
+        )
         self._site: web.TCPSite | None = None
         self._grpc: GrpcServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -71,11 +77,17 @@ class Hub:
         self.fanout.last_pos = self.broker.position(self.fanout.last_id) or (0, 0)
         # 2. HTTP: SSE, publish, health, metrics.
         self._runner = web.AppRunner(
-            self.make_app(), handler_cancellation=True, shutdown_timeout=s.grace, access_log=None
+            self.make_app(),
+            handler_cancellation=True,
+            shutdown_timeout=s.grace,
+            access_log=None,
+            keepalive_timeout=s.idle_timeout,
         )
         await self._runner.setup()
         shared = s.workers > 1  # --workers: every worker binds the same ports
-        self._site = web.TCPSite(self._runner, s.host, s.http_port, reuse_port=shared)
+        self._site = GuardedSite(
+            self._runner, s.host, s.http_port, self.connections, reuse_port=shared
+        )
         await self._site.start()
         sockets = getattr(self._site._server, "sockets", None)  # asyncio's Server or uvloop's
         assert sockets

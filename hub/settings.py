@@ -31,6 +31,11 @@ from cachewire.hub.errors import ConfigError
 
 BrokerKind = Literal["memory", "redis"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+# gRPC's default receive limit (4 MiB), which the sidecar's --max-message-bytes defaults to
+# and which Plasma's and most apps' clients keep; one event, and one Subscribe batch, stay
+# below it with room for the message's own framing.
+GRPC_MESSAGE_LIMIT = 4 << 20
+MAX_GRPC_PAYLOAD = GRPC_MESSAGE_LIMIT - (64 << 10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,14 +46,24 @@ class HubSettings:
     heartbeat: float = 15.0
     subscribe_heartbeat: float = 1.0
     history: int = 100_000
+    history_bytes: int = 64 << 20
     sse_retry: int = 2000
     sse_event_query: str = "eventType"
     cors_origin: str = ""
     max_body: int = 1 << 20
     max_keys: int = 10_000
+    max_prefixes: int = 100
+    max_events: int = 1000
+    subscribe_batch_bytes: int = 1 << 20
     queue_size: int = 10_000
     lag_threshold: int = 1_000
     publish_wait: float = 5.0
+    max_topics: int = 100
+    max_streams: int = 100
+    header_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    max_connections: int = 10_000
+    max_connections_per_client: int = 1_000
     grace: float = 5.0
     grpc_held_writes: Literal["auto", "off"] = "auto"
     workers: int = 1
@@ -64,6 +79,18 @@ class HubSettings:
     idempotency_window: float = 300.0
     loop: LoopKind = "auto"
     log_level: LogLevel = "info"
+
+    def __post_init__(self) -> None:
+        # Every message the hub sends must fit what any gRPC client receives by default.
+        for flag, value in (
+            ("--max-body", self.max_body),
+            ("--subscribe-batch-bytes", self.subscribe_batch_bytes),
+        ):
+            if value > MAX_GRPC_PAYLOAD:
+                raise ConfigError(
+                    f"{flag}={value} is above {MAX_GRPC_PAYLOAD} bytes: gRPC clients receive "
+                    f"messages of at most {GRPC_MESSAGE_LIMIT} bytes by default"
+                )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> HubSettings:
@@ -132,6 +159,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("history", "--history", "events kept for resume", ("CACHEWIRE_HISTORY",), positive_int),
     Option(
+        "history_bytes",
+        "--history-bytes",
+        "bytes of events kept for resume (memory broker; the oldest leave first)",
+        ("CACHEWIRE_HISTORY_BYTES",),
+        positive_int,
+    ),
+    Option(
         "sse_retry",
         "--sse-retry",
         "SSE retry: value sent to clients, milliseconds",
@@ -154,7 +188,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max_body",
         "--max-body",
-        "largest publish body, bytes",
+        "largest publish body, and largest event encoded, bytes (at most 4 MiB - 64 KiB)",
         ("CACHEWIRE_MAX_BODY",),
         positive_int,
     ),
@@ -163,6 +197,27 @@ OPTIONS: tuple[Option, ...] = (
         "--max-keys",
         "most keys plus prefixes in one event",
         ("CACHEWIRE_MAX_KEYS",),
+        positive_int,
+    ),
+    Option(
+        "max_prefixes",
+        "--max-prefixes",
+        "most prefixes in one event (each costs every sidecar a keyspace scan)",
+        ("CACHEWIRE_MAX_PREFIXES",),
+        positive_int,
+    ),
+    Option(
+        "max_events",
+        "--max-events",
+        "most events in one publish request",
+        ("CACHEWIRE_MAX_EVENTS",),
+        positive_int,
+    ),
+    Option(
+        "subscribe_batch_bytes",
+        "--subscribe-batch-bytes",
+        "most bytes of events in one gRPC Subscribe message (one larger event leaves alone)",
+        ("CACHEWIRE_SUBSCRIBE_BATCH_BYTES",),
         positive_int,
     ),
     Option(
@@ -187,6 +242,49 @@ OPTIONS: tuple[Option, ...] = (
         "RESOURCE_EXHAUSTED",
         ("CACHEWIRE_PUBLISH_WAIT",),
         non_negative_seconds,
+    ),
+    Option(
+        "max_topics",
+        "--max-topics",
+        "most topics in one subscription (SSE, gRPC Subscribe, Plasma Events)",
+        ("CACHEWIRE_MAX_TOPICS",),
+        positive_int,
+    ),
+    Option(
+        "max_streams",
+        "--max-streams",
+        "most concurrent gRPC streams on one connection",
+        ("CACHEWIRE_MAX_STREAMS",),
+        positive_int,
+    ),
+    Option(
+        "header_timeout",
+        "--header-timeout",
+        "seconds a new connection has to send a complete request header (HTTP), or to "
+        "finish its handshake (gRPC)",
+        ("CACHEWIRE_HEADER_TIMEOUT",),
+        seconds,
+    ),
+    Option(
+        "idle_timeout",
+        "--idle-timeout",
+        "seconds an HTTP keep-alive connection, or a gRPC connection without a call, may idle",
+        ("CACHEWIRE_IDLE_TIMEOUT",),
+        seconds,
+    ),
+    Option(
+        "max_connections",
+        "--max-connections",
+        "most open HTTP connections (SSE streams included); more are closed at once",
+        ("CACHEWIRE_MAX_CONNECTIONS",),
+        positive_int,
+    ),
+    Option(
+        "max_connections_per_client",
+        "--max-connections-per-client",
+        "most open HTTP connections from one client address",
+        ("CACHEWIRE_MAX_CONNECTIONS_PER_CLIENT",),
+        positive_int,
     ),
     Option(
         "grace",

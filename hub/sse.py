@@ -102,7 +102,9 @@ class SseSink(Tracked):
         self._chunked = chunked
         self._flusher = flusher
         self._queue_size = queue_size
-        self._pending: list[bytes] = []
+        # Shared bytes (or views into them); a replay's events are encoded as they are
+        # written, a transport's worth at a time, so a long replay does not hold the loop.
+        self._pending: list[bytes | memoryview | Event] = []
         self._events_pending = 0
         self._lag_at = queue_size + 1  # send checks the backlog from here on (see watch)
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -112,7 +114,7 @@ class SseSink(Tracked):
 
     def send(self, event: Event) -> bool:
         pending = self._pending
-        pending.append(event.sse_chunk() if self._chunked else event.sse_frame())
+        pending.append(event.sse_chunk() if self._chunked else event.sse_frame_view())
         self._events_pending = n = self._events_pending + 1
         if n >= self._lag_at:
             if n > self._queue_size and self._over(n, self._queue_size + 1):
@@ -129,11 +131,16 @@ class SseSink(Tracked):
             self._lag_at = min(self._lag_at, pressure.threshold)
 
     def send_replay(self, events: list[Event]) -> None:
-        if self._chunked:
-            self._pending.extend(e.sse_chunk() for e in events)
-        else:
-            self._pending.extend(e.sse_frame() for e in events)
+        """A replay holds references to the history's events only (8 bytes each, however
+        large the events, on HTTP/1.0 too): it is bounded by --history and --history-bytes
+        and shares their memory; the live events queued behind it count against the queue."""
+        self._pending.extend(events)
         self._flusher.mark(self)
+
+    def _wire(self, item: bytes | memoryview | Event) -> bytes | memoryview:
+        if isinstance(item, Event):
+            return item.sse_chunk() if self._chunked else item.sse_frame_view()
+        return item
 
     def send_frame(self, frame: bytes) -> None:
         """A frame of the hub's own (position, reset, heartbeat)."""
@@ -178,7 +185,7 @@ class SseSink(Tracked):
         if not force and buffered > TRANSPORT_LIMIT:
             return False
         if len(pending) == 1:  # one event: its shared bytes as they are
-            transport.write(pending[0])
+            transport.write(self._wire(pending[0]))
             pending.clear()
             self._drained(0)
             return True
@@ -186,12 +193,13 @@ class SseSink(Tracked):
         # (a big replay, or a client that reads slowly, would otherwise be copied whole into
         # its buffer); what stays pending is references to the shared bytes.
         room, n = (1 << 62) if force else TRANSPORT_LIMIT - buffered, 0
-        for piece in pending:
+        for i, item in enumerate(pending):
+            piece = pending[i] = self._wire(item)
             room -= len(piece)
             n += 1
             if room <= 0:
                 break
-        transport.write(b"".join(pending[:n]))
+        transport.write(b"".join(pending[:n]))  # type: ignore[arg-type]  # encoded above
         del pending[:n]
         # Writes take from the front; live events (those counted) are the last ones queued,
         # after any replay, so at most this many of them are left.
@@ -218,13 +226,15 @@ def reset_frame(reason: str, detail: str, resume_from: str | None) -> bytes:
     return f"{id_line}data: {body}\n\n".encode()
 
 
-def topics_from_query(request: web.Request, query_name: str) -> frozenset[str]:
+def topics_from_query(
+    request: web.Request, query_name: str, limit: int | None = None
+) -> frozenset[str]:
     raw = request.query.get(query_name, "")
     if not raw:
         raise InvalidInput(
             f"query parameter {query_name!r} is required (e.g. ?{query_name}=program:1234)"
         )
-    return parse_topics(raw.split(","), "event type")
+    return parse_topics(raw.split(","), "event type", limit)
 
 
 def _last_event_id(request: web.Request) -> str | None:
@@ -237,7 +247,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     """Serve one SSE subscriber until it disconnects or the hub shuts down."""
     hub = request.app[HUB]
     fanout, settings, flusher = hub.fanout, hub.settings, hub.flusher
-    topics = topics_from_query(request, settings.sse_event_query)
+    topics = topics_from_query(request, settings.sse_event_query, settings.max_topics)
     last_id = _last_event_id(request)
 
     response = web.StreamResponse(

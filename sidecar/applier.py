@@ -21,6 +21,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -59,6 +60,7 @@ class Applier:
         batch_size: int = 500,
         batch_delay: float = 0.002,
         max_pending: int = 100_000,
+        max_pending_bytes: int = 8 << 20,
         max_staleness: float = 5.0,
         backoff_base: float = 0.1,
         backoff_cap: float = 5.0,
@@ -69,6 +71,7 @@ class Applier:
         self.rules = rules or Rules()
         self.metrics = metrics or Metrics()
         self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
         self.clock = clock
         self.epochs = Epochs()
         self.staleness = Staleness(max_staleness, clock())
@@ -308,7 +311,7 @@ class Applier:
                 extra={"sink": slot.name, "cause": cause, "detail": detail},
             )
             return
-        slot.pending.clear()  # everything before the flush is subsumed by it
+        slot.clear()  # everything before the flush is subsumed by it
         slot.flush_cause, slot.flush_detail = cause, detail
         slot.flush_covers = self.accepted
         slot.flush_gen += 1
@@ -325,22 +328,55 @@ class Applier:
                 if slot.flush_enabled:
                     continue  # the flush covers the event's keys too
                 item_inv = replace(inv, flush=False)
-            if len(slot.pending) >= self.max_pending:
+            if slot.allow is not None:
+                item_inv = self._confine(slot, item_inv)
+            if self._over(slot):
                 if slot.flush_enabled:
                     self.request_flush(
-                        slot, "overflow", f"more than {self.max_pending} invalidations pending"
+                        slot,
+                        "overflow",
+                        f"more than {self.max_pending} invalidations or "
+                        f"{self.max_pending_bytes} bytes pending",
                     )
                     continue
-                slot.pending.popleft()
-                self.metrics.dropped.labels(slot.name).inc()
+                while slot.pending and self._over(slot):
+                    slot.pop_oldest()
+                    self.metrics.dropped.labels(slot.name).inc()
                 if not slot.overflowing:
                     slot.overflowing = True
                     log.error(
-                        "sink over --max-pending with flush off: dropping the oldest",
-                        extra={"sink": slot.name, "max_pending": self.max_pending},
+                        "sink over --max-pending or --max-pending-bytes with flush off: "
+                        "dropping the oldest",
+                        extra={
+                            "sink": slot.name,
+                            "max_pending": self.max_pending,
+                            "max_pending_bytes": self.max_pending_bytes,
+                        },
                     )
-            slot.pending.append(Item(item_inv, pos, now, span))
+            slot.push(Item(item_inv, pos, now, span))
             slot.wake.set()
+
+    def _over(self, slot: Slot) -> bool:
+        return len(slot.pending) >= self.max_pending or slot.pending_bytes >= self.max_pending_bytes
+
+    def _confine(self, slot: Slot, inv: Invalidation) -> Invalidation:
+        assert slot.allow is not None
+        refused: Counter[str] = Counter()
+        confined = slot.allow.confine(inv, refused)
+        for reason, n in refused.items():
+            self.metrics.refused.labels(slot.name, reason).inc(n)
+        if refused:
+            log.warning(
+                "keys or prefixes outside --allow-prefixes not applied",
+                extra={
+                    "sink": slot.name,
+                    "id": inv.id,
+                    "type": inv.type,
+                    "refused": dict(refused),
+                    "allow_prefixes": list(slot.allow.prefixes),
+                },
+            )
+        return confined
 
     def _contact(self) -> None:
         self.staleness.contact(self.clock())

@@ -94,5 +94,18 @@ class Metrics:
             registry=r,
         )
 
+        self.express = Counter(
+            "cachewire_sidecar_express_keys",
+            "Invalidations whose keys were deleted ahead, while a prefix scan ran",
+            ["sink"],
+            registry=r,
+        )
+        self.refused = Counter(
+            "cachewire_sidecar_refused",
+            "Keys, prefixes and flushes outside --allow-prefixes, not applied, per reason",
+            ["sink", "reason"],
+            registry=r,
+        )
+
     def watch(self, read: Callable[[], tuple[bool, bool, dict[str, int]]]) -> None:
         self.registry.register(_Gauges(read))

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cachewire.sidecar.allow import Allow
 from cachewire.sidecar.applier import Applier
 from cachewire.sidecar.errors import ConfigError
 from cachewire.sidecar.health import HealthServer
@@ -26,6 +27,10 @@ from cachewire.sidecar.statefile import load as load_state
 from cachewire.sidecar.stream import StreamClient
 
 log = logging.getLogger("cachewire.sidecar")
+
+
+def _allow(prefixes: tuple[str, ...]) -> Allow | None:
+    return Allow(prefixes) if prefixes else None
 
 
 def make_slots(s: SidecarSettings, metrics: Metrics) -> list[Slot]:
@@ -43,12 +48,20 @@ def make_slots(s: SidecarSettings, metrics: Metrics) -> list[Slot]:
                     metrics=metrics,
                 ),
                 s.memcached_flush,
+                _allow(s.allowed("memcached")),
             )
         )
     if s.redis_url:
         from cachewire.sidecar.sinks.redis import RedisSink
 
-        slots.append(Slot(RedisSink(s.redis_url, flush_enabled=s.redis_flush), s.redis_flush))
+        allowed = s.allowed("redis")
+        flushing = s.redis_flush != "off"
+        sink = RedisSink(
+            s.redis_url,
+            flush_enabled=flushing,
+            flush_prefixes=allowed if s.redis_flush == "prefixes" else (),
+        )
+        slots.append(Slot(sink, flushing, _allow(allowed)))
     if s.webhook:
         from cachewire.sidecar.sinks.webhook import WebhookSink
 
@@ -59,7 +72,7 @@ def make_slots(s: SidecarSettings, metrics: Metrics) -> list[Slot]:
         except ImportError as exc:
             raise ConfigError(f"--relay-port: the local relay is not available ({exc})") from None
         # The relay's app caches are always cleared on a gap: there is nothing to opt out of.
-        relay: Sink = RelaySink(s.relay_port, s.relay_history)
+        relay: Sink = RelaySink(s.relay_port, s.relay_history, history_bytes=s.relay_history_bytes)
         slots.append(Slot(relay, True))
     return slots
 
@@ -77,6 +90,7 @@ class Sidecar:
             batch_size=s.batch_size,
             batch_delay=s.batch_delay / 1000,
             max_pending=s.max_pending,
+            max_pending_bytes=s.max_pending_bytes,
             max_staleness=s.max_staleness,
             backoff_base=s.backoff_base,
             backoff_cap=s.backoff_cap,
@@ -91,6 +105,7 @@ class Sidecar:
             backoff_base=s.backoff_base,
             backoff_cap=s.backoff_cap,
             idle_timeout=s.max_staleness,
+            max_message_bytes=s.max_message_bytes,
             on_reconnect=self.metrics.reconnects.inc,
         )
         self.health = HealthServer(self)
@@ -116,6 +131,7 @@ class Sidecar:
     async def start(self) -> None:
         s = self.settings
         self._warn_prefixes()
+        self._warn_redis_flush()
         # 1. Sinks: a cache that is down is not fatal (it is retried); a relay that cannot
         #    bind its port is (OSError).
         for slot in self.slots:
@@ -147,6 +163,16 @@ class Sidecar:
                 "max_staleness": s.max_staleness,
             },
         )
+
+    def _warn_redis_flush(self) -> None:
+        s = self.settings
+        if s.redis_url and s.redis_flush == "prefixes" and not s.allowed("redis"):
+            log.warning(
+                "--redis-flush=true without --allow-prefixes: a flush runs FLUSHDB on the whole "
+                "database, non-cache data included; give the app's cache namespace with "
+                "--allow-prefixes (a flush then deletes only it), or choose --redis-flush=db "
+                "to make FLUSHDB explicit; this will be refused in a later release"
+            )
 
     def _warn_prefixes(self) -> None:
         patterns = self.rules.need_prefixes

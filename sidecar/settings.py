@@ -34,6 +34,9 @@ from cachewire.sidecar.rules import Rule, parse_rules
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 PrefixPolicy = Literal["flush", "ignore"]
+# What a Redis flush deletes: the allowed prefixes (SCAN + UNLINK), the whole database
+# (FLUSHDB, chosen explicitly), or nothing.
+RedisFlush = Literal["prefixes", "db", "off"]
 ENV_PREFIX = "CACHEWIRE_SIDECAR_"
 
 
@@ -45,19 +48,25 @@ class SidecarSettings:
     memcached: str = ""
     memcached_flush: bool = True
     memcached_prefixes: PrefixPolicy = "flush"
+    allow_prefixes: tuple[str, ...] = ()
+    memcached_allow_prefixes: tuple[str, ...] = ()
     redis_url: str = ""
-    redis_flush: bool = True
+    redis_flush: RedisFlush = "prefixes"
+    redis_allow_prefixes: tuple[str, ...] = ()
     webhook: str = ""
     webhook_flush: bool = True
     webhook_timeout: float = 5.0
     relay_port: int | None = None
     relay_history: int = 10_000
+    relay_history_bytes: int = 16 << 20
     health_host: str = "127.0.0.1"
     health_port: int = 8091
     max_staleness: float = 5.0
     batch_delay: float = 2.0  # milliseconds
     batch_size: int = 500
     max_pending: int = 100_000
+    max_pending_bytes: int = 8 << 20
+    max_message_bytes: int = 4 << 20
     backoff_base: float = 0.1
     backoff_cap: float = 5.0
     grace: float = 5.0
@@ -66,6 +75,12 @@ class SidecarSettings:
     probe_interval: float | None = None  # seconds; None: no prober
     log_level: LogLevel = "info"
     rules: tuple[Rule, ...] = ()
+
+    def allowed(self, sink: str) -> tuple[str, ...]:
+        """The cache namespace of a sink: its own --<sink>-allow-prefixes, else the
+        common --allow-prefixes (empty: every key)."""
+        own: tuple[str, ...] = getattr(self, f"{sink}_allow_prefixes", ())
+        return own or self.allow_prefixes
 
     def sink_names(self) -> list[str]:
         names = [
@@ -147,9 +162,34 @@ def _topics(text: str) -> tuple[str, ...]:
 
 
 def _redis_url(text: str) -> str:
+    """A URL redis-py can use, with a database number that is one (redis-py ignores
+    `/abc` and would guard database 0 instead)."""
     if text and not text.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("must start with redis://, rediss:// or unix://")
+    if text.startswith(("redis://", "rediss://")):
+        from redis.connection import parse_url  # here: redis-py loads only when needed
+
+        parse_url(text)  # type: ignore[no-untyped-call]  # ValueError: a bad port or option
+        db = urlsplit(text).path.strip("/")
+        if db and not (db.isascii() and db.isdigit() and len(db) <= 5):
+            raise ValueError(f"the database number {db[:20]!r} is not a number")
     return text
+
+
+def _redis_flush(text: str) -> str:
+    """true (the allowed prefixes; the old boolean's default), false, or db (FLUSHDB)."""
+    value = text.lower()
+    if value in ("1", "true", "yes", "on", "prefixes"):
+        return "prefixes"
+    if value in ("0", "false", "no", "off"):
+        return "off"
+    if value == "db":
+        return "db"
+    raise ValueError("must be true (the allowed prefixes), false, or db (FLUSHDB)")
+
+
+def _prefixes(text: str) -> tuple[str, ...]:
+    return csv(text)
 
 
 def _http_url(text: str) -> str:
@@ -178,8 +218,34 @@ OPTIONS: tuple[Option, ...] = (
         "what a prefix invalidation does to memcached: flush or ignore",
         choice("flush", "ignore"),
     ),
+    Option(
+        "allow_prefixes",
+        "--allow-prefixes",
+        "comma list: the app's cache namespace; memcached and Redis keys and prefixes "
+        "outside it are not deleted (counted as refused)",
+        _prefixes,
+    ),
+    Option(
+        "memcached_allow_prefixes",
+        "--memcached-allow-prefixes",
+        "--allow-prefixes for memcached alone",
+        _prefixes,
+    ),
     Option("redis_url", "--redis-url", "Redis to guard (redis://, rediss://, unix://)", _redis_url),
-    Option("redis_flush", "--redis-flush", "FLUSHDB on a gap or a flush event", _bool, True),
+    Option(
+        "redis_flush",
+        "--redis-flush",
+        "on a gap or a flush event: prefixes (or true: SCAN + UNLINK the allowed prefixes), "
+        "false, "
+        "or db (FLUSHDB the whole database)",
+        _redis_flush,
+    ),
+    Option(
+        "redis_allow_prefixes",
+        "--redis-allow-prefixes",
+        "--allow-prefixes for Redis alone",
+        _prefixes,
+    ),
     Option("webhook", "--webhook", "URL to POST each batch to as JSON", _http_url),
     Option(
         "webhook_flush", "--webhook-flush", "POST a flush on a gap or a flush event", _bool, True
@@ -193,6 +259,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "relay_history", "--relay-history", "events the local relay keeps for resume", positive_int
+    ),
+    Option(
+        "relay_history_bytes",
+        "--relay-history-bytes",
+        "bytes of events the local relay keeps for resume (and queues per app stream)",
+        positive_int,
     ),
     Option("health_host", "--health-host", "address of the health, metrics and status port"),
     Option("health_port", "--health-port", "port of /healthz, /readyz, /metrics, /v1/*", port),
@@ -215,6 +287,19 @@ OPTIONS: tuple[Option, ...] = (
         "max_pending",
         "--max-pending",
         "invalidations kept per failing sink; past it the sink is flushed when back",
+        positive_int,
+    ),
+    Option(
+        "max_pending_bytes",
+        "--max-pending-bytes",
+        "bytes of invalidations kept per failing sink; past it as past --max-pending",
+        positive_int,
+    ),
+    Option(
+        "max_message_bytes",
+        "--max-message-bytes",
+        "largest message accepted from the hub (at least the hub's --subscribe-batch-bytes "
+        "and --max-body)",
         positive_int,
     ),
     Option(
@@ -279,15 +364,27 @@ def build_parser(prog: str = "cachewire-sidecar") -> argparse.ArgumentParser:
             parser.add_argument(
                 opt.flag, dest=opt.field, default=None, metavar="VALUE", help=help_text
             )
+    # --redis-flush was a boolean flag: its negative form keeps working.
+    parser.add_argument(
+        "--no-redis-flush",
+        dest="redis_flush",
+        action="store_const",
+        const="false",
+        help=argparse.SUPPRESS,
+    )
     return parser
 
 
 def _from_toml(value: Any, opt: Option) -> str:
     """A TOML value → the text a flag would carry (lists for topics, booleans, numbers)."""
     if isinstance(value, bool):
-        if not opt.boolean:
+        if not opt.boolean and opt.field != "redis_flush":
             raise ValueError("must not be a boolean")
         return "true" if value else "false"
+    if isinstance(value, list) and opt.field.endswith("allow_prefixes"):
+        if not all(isinstance(v, str) and "," not in v for v in value):
+            raise ValueError("must be a list of prefix strings")
+        return ",".join(value)
     if isinstance(value, list) and opt.field == "topics":
         if not all(isinstance(v, str) and "," not in v for v in value):
             raise ValueError("must be a list of topic strings")

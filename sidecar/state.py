@@ -16,6 +16,7 @@ from typing import Literal
 
 from opentelemetry import trace
 
+from cachewire.sidecar.allow import Allow
 from cachewire.sidecar.positions import Pos
 from cachewire.sidecar.sinks.base import Invalidation, Sink
 
@@ -84,16 +85,27 @@ class Item:
     pos: Pos | None
     arrived: float
     span: trace.SpanContext | None = None  # the receive span, when tracing is on
+    size: int = 0  # memory_bytes(inv), set when queued
+
+
+def memory_bytes(inv: Invalidation) -> int:
+    """What holding an invalidation costs, about: its text and Python's per-object
+    overhead (a str is ~50 bytes before its characters)."""
+    keys = len(inv.keys) + len(inv.prefixes)
+    text = len(inv.data_json) + len(inv.id) + len(inv.type)
+    return text + sum(map(len, inv.keys)) + sum(map(len, inv.prefixes)) + 56 * keys + 400
 
 
 class Slot:
     """One sink and its queue, flush state and health, as the applier sees it."""
 
-    def __init__(self, sink: Sink, flush_enabled: bool = True) -> None:
+    def __init__(self, sink: Sink, flush_enabled: bool = True, allow: Allow | None = None) -> None:
         self.sink = sink
         self.name = sink.name
         self.flush_enabled = flush_enabled
+        self.allow = allow  # the app's cache namespace; None: every key
         self.pending: deque[Item] = deque()
+        self.pending_bytes = 0  # sum of the pending items' sizes
         self.flush_cause: FlushCause | None = None
         self.flush_detail = ""
         self.flush_covers: Pos | None = None
@@ -106,6 +118,20 @@ class Slot:
         self.last_error = ""
         self.overflowing = False
         self.wake = asyncio.Event()
+
+    def push(self, item: Item) -> None:
+        item.size = memory_bytes(item.inv)
+        self.pending.append(item)
+        self.pending_bytes += item.size
+
+    def pop_oldest(self) -> Item:
+        item = self.pending.popleft()
+        self.pending_bytes -= item.size
+        return item
+
+    def clear(self) -> None:
+        self.pending.clear()
+        self.pending_bytes = 0
 
     @property
     def idle(self) -> bool:

@@ -73,6 +73,7 @@ class StreamClient:
         backoff_base: float,
         backoff_cap: float,
         idle_timeout: float,
+        max_message_bytes: int = 4 << 20,
         on_reconnect: Callable[[], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -81,6 +82,7 @@ class StreamClient:
         self.listener = listener
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
         self.idle_timeout = idle_timeout
+        self.options = (("grpc.max_receive_message_length", max_message_bytes),)
         self.on_reconnect = on_reconnect
         self.rng = rng or random.Random()
         self.subscriptions = 0
@@ -119,7 +121,7 @@ class StreamClient:
         request = hub_pb2.SubscribeRequest(topics=list(self.topics), resume_from=resume)
         live = False
         loop = asyncio.get_running_loop()
-        async with grpc.aio.insecure_channel(self.target) as channel:
+        async with grpc.aio.insecure_channel(self.target, options=self.options) as channel:
             stub = hub_pb2_grpc.HubStub(channel)  # type: ignore[no-untyped-call]
             call = stub.Subscribe(request)
             try:
@@ -137,6 +139,9 @@ class StreamClient:
                     extra={"hub": self.target, "idle_seconds": self.idle_timeout},
                 )
             except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    self._too_large(exc)
+                    return live
                 log.warning(
                     "hub stream failed",
                     extra={"hub": self.target, "code": exc.code().name, "details": exc.details()},
@@ -146,6 +151,19 @@ class StreamClient:
                 if live:
                     self.listener.on_disconnected()
         return live
+
+    def _too_large(self, exc: grpc.aio.AioRpcError) -> None:
+        """A message above our receive limit would come again at every resume from the
+        same id (an older hub, or a hub whose --subscribe-batch-bytes exceeds our
+        --max-message-bytes): treat it as a gap, so the caches are flushed and the next
+        subscription starts from the hub's head instead of getting stuck."""
+        log.error(
+            "a message from the hub is larger than --max-message-bytes: flushing and "
+            "resubscribing from the hub's head (raise --max-message-bytes, or lower the "
+            "hub's --subscribe-batch-bytes)",
+            extra={"hub": self.target, "details": exc.details()},
+        )
+        self.listener.on_reset("message_too_large", str(exc.details()), "")
 
     def _went_live(self, resume: str) -> None:
         self.subscriptions += 1

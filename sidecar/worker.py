@@ -10,6 +10,8 @@ pause. The operation in flight always completes, even past the shutdown grace.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 from itertools import islice
@@ -20,6 +22,7 @@ from opentelemetry import trace
 from cachewire.sidecar import telemetry
 from cachewire.sidecar._backoff import next_delay
 from cachewire.sidecar.metrics import Metrics
+from cachewire.sidecar.sinks.base import Invalidation
 from cachewire.sidecar.state import Clock, Item, Notifier, Slot, batch_due_in
 
 log = logging.getLogger("cachewire.sidecar.applier")
@@ -97,7 +100,7 @@ class Worker:
             token = otel_context.attach(parent)
         try:
             with telemetry.apply_span(slot.name, invs):
-                await slot.sink.apply(invs)
+                await self._apply_sink(batch, invs)
         except Exception as exc:
             slot.busy = False
             await self._failed("apply", exc)
@@ -108,7 +111,7 @@ class Worker:
         slot.busy = False
         members = {id(item) for item in batch}
         while slot.pending and id(slot.pending[0]) in members:
-            slot.pending.popleft()
+            slot.pop_oldest()
         for item in reversed(batch):
             if item.pos is not None:
                 slot.applied = item.pos
@@ -117,6 +120,36 @@ class Worker:
         self.metrics.applied.labels(slot.name).inc(len(batch))
         self.metrics.batches.labels(slot.name).inc()
         self._succeeded()
+
+    async def _apply_sink(self, batch: list[Item], invs: list[Invalidation]) -> None:
+        """Apply one batch. When it has prefixes (a keyspace scan, which may take a while)
+        and the sink allows it (`express_keys`), the keys of the events queued behind it are
+        deleted meanwhile; they are deleted again, in order, with their own batch (deletes
+        are idempotent), so what counts as applied stays exactly in id order."""
+        slot = self.slot
+        sink = slot.sink
+        if not getattr(sink, "express_keys", False) or not any(i.prefixes for i in invs):
+            await sink.apply(invs)
+            return
+        work = asyncio.ensure_future(sink.apply(invs))
+        seen = {id(item) for item in batch}
+        try:
+            while not work.done():
+                later = [item for item in slot.pending if id(item) not in seen]
+                seen.update(id(item) for item in later)
+                keys = [Invalidation(i.inv.id, i.inv.type, i.inv.keys) for i in later if i.inv.keys]
+                if keys:
+                    with contextlib.suppress(Exception):  # retried with their own batch
+                        await sink.apply(keys)
+                        self.metrics.express.labels(slot.name).inc(len(keys))
+                woken = asyncio.ensure_future(slot.wake.wait())
+                await asyncio.wait((work, woken), return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
+                slot.wake.clear()
+        finally:
+            if not work.done():
+                work.cancel()
+        await work
 
     async def _flush(self) -> None:
         slot = self.slot

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
+from cachewire.common.redact import redact
+
 T = TypeVar("T")
 Raw = tuple[str, str]  # (source, text): ("--history", "0"), ("CACHEWIRE_HISTORY", "0")…
 _DAY = 86_400.0
@@ -96,4 +98,4 @@ def convert(converter: Callable[[str], T], raw: Raw, error: Callable[[str], Exce
     try:
         return converter(text.strip())
     except ValueError as exc:
-        raise error(f"{source}={text!r}: {exc}") from None
+        raise error(redact(f"{source}={text!r}: {exc}")) from None

@@ -13,6 +13,7 @@ import sys
 import time
 from typing import Any
 
+from cachewire.common.redact import redact
 from cachewire.common.telemetry import log_fields
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
@@ -33,7 +34,7 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        return redact(json.dumps(out, default=str))  # no password of a URL reaches a log
 
 
 def setup(level: str) -> None:

@@ -14,13 +14,14 @@ are the same:
 - it writes some floats in another (equally valid, equally exact) form: 1e-07 as 1e-7.
 
 Without orjson (it is a dependency, but a build without wheels may lack it) the standard
-library does everything. NaN, Infinity and numbers out of a double's range (1e400) are
-refused when decoding, so decoded values never carry them to an encoder.
+library does everything. NaN and Infinity are refused when decoding, so decoded values never
+carry them to an encoder.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -30,21 +31,26 @@ except ImportError:  # pragma: no cover - orjson is a dependency; this keeps a s
     orjson = None  # type: ignore[assignment]
 
 _LONG_NUMBER = re.compile(rb"[0-9]{19}")
+# An exponent of three digits may be beyond a double (1e999): the standard library decides.
+_BIG_EXPONENT = re.compile(rb"[eE][+-]?[0-9]{3}")
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _finite(text: str) -> float:
+def _finite_float(text: str) -> float:
+    """1e999 is valid JSON syntax but no finite number: Python reads it as inf, which no
+    encoder may write back (orjson would write null, browsers' JSON.parse rejects
+    `Infinity`), so it is refused like NaN."""
     value = float(text)
-    if value in (float("inf"), float("-inf")):  # 1e400: no JSON encoder can write it back
+    if not math.isfinite(value):
         raise ValueError(f"the number {text[:40]} is out of range")
     return value
 
 
 def _std_loads(text: str | bytes) -> Any:
-    return json.loads(text, parse_constant=_reject_constant, parse_float=_finite)
+    return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 def _std_dumps(value: Any) -> str:
@@ -60,7 +66,9 @@ def loads(text: str | bytes) -> Any:
         except orjson.JSONDecodeError:
             pass  # the standard library decides, and words the error
         else:
-            if not _LONG_NUMBER.search(raw) or not _has_huge_float(value):
+            if _BIG_EXPONENT.search(raw) is None and (
+                not _LONG_NUMBER.search(raw) or not _has_huge_float(value)
+            ):
                 return value
     return _std_loads(text)
 

@@ -283,10 +283,14 @@ class RedisBroker:
             )
         epoch, pos = parsed
         if epoch != self.epoch:
-            return Replay(reset="epoch_changed", detail=f"epoch {epoch!r} is not {self.epoch!r}")
+            return Replay(
+                reset="epoch_changed", detail=f"epoch {epoch[:80]!r} is not {self.epoch!r}"
+            )
         try:
             if pos > self.reader.last_pos and not await self._catch_up(pos):
-                return Replay(reset="unknown_id", detail=f"event id {after_id!r} is in the future")
+                return Replay(
+                    reset="unknown_id", detail=f"event id {after_id[:80]!r} is in the future"
+                )
             head = self.reader.last
             async with (
                 asyncio.timeout(COMMAND_TIMEOUT),
@@ -298,9 +302,13 @@ class RedisBroker:
         except (RedisError, OSError, Unavailable) as exc:
             return Replay(reset="history_expired", detail=f"the history cannot be read now: {exc}")
         if epoch != self.epoch:  # the stream was replaced while we waited
-            return Replay(reset="epoch_changed", detail=f"epoch {epoch!r} is not {self.epoch!r}")
+            return Replay(
+                reset="epoch_changed", detail=f"epoch {epoch[:80]!r} is not {self.epoch!r}"
+            )
         if lost_after(pos, info):
-            return Replay(reset="history_expired", detail=f"event id {after_id!r} left history")
+            return Replay(
+                reset="history_expired", detail=f"event id {after_id[:80]!r} left history"
+            )
         events = []
         for entry_id, fields in entries:
             if fields.get("epoch", epoch) == epoch:

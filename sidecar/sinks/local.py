@@ -32,6 +32,8 @@ from cachewire.v1 import hub_pb2, hub_pb2_grpc
 log = logging.getLogger("cachewire.sidecar.relay")
 
 BATCH_BYTES = 1 << 20  # split EventBatch messages past about 1 MiB
+# What one history entry costs beyond its encoding: the protobuf and entry objects.
+ENTRY_OVERHEAD = 300
 Response = hub_pb2.SubscribeResponse
 
 
@@ -40,6 +42,7 @@ class _Entry:
     seq: int
     id: str
     event: hub_pb2.Event | None  # None: the sidecar flushed here
+    size: int = ENTRY_OVERHEAD  # bytes held: the event's encoding and its objects
 
 
 def to_event(inv: Invalidation) -> hub_pb2.Event:
@@ -80,28 +83,33 @@ def _reset(reason: hub_pb2.ResetReason, detail: str, resume_from: str) -> Respon
 class AppStream:
     """One app's subscription: an ordered queue of messages, bounded in events."""
 
-    def __init__(self, topics: frozenset[str], queue_size: int, peer: str) -> None:
+    def __init__(
+        self, topics: frozenset[str], queue_size: int, peer: str, queue_bytes: int = 16 << 20
+    ) -> None:
         self.topics = topics
         self.peer = peer
         self.last_sent_id = ""  # the last event handed to the transport
         self.ending: Literal["slow", "closing"] | None = None
         self._queue_size = queue_size
-        self._out: deque[tuple[Response, int]] = deque()
+        self._queue_bytes = queue_bytes
+        self._out: deque[tuple[Response, int, int]] = deque()
         self._events = 0  # events queued by live delivery (replays are bounded by history)
+        self._bytes = 0  # and their bytes
         self._beat_queued = False
         self._wake = asyncio.Event()
 
-    def _push(self, message: Response, counted: int = 0) -> None:
+    def _push(self, message: Response, counted: int = 0, size: int = 0) -> None:
         if self.ending is None:
-            self._out.append((message, counted))
+            self._out.append((message, counted, size))
             self._events += counted
+            self._bytes += size
             self._wake.set()
 
     def send_events(self, events: Sequence[hub_pb2.Event]) -> bool:
-        """Queue live events; False when the queue overflowed."""
+        """Queue live events; False when the queue overflowed (in events or bytes)."""
         for message in batches(events):
-            self._push(message, len(message.events.events))
-        return self._events <= self._queue_size
+            self._push(message, len(message.events.events), message.ByteSize())
+        return self._events <= self._queue_size and self._bytes <= self._queue_bytes
 
     def send_replay(self, events: Sequence[hub_pb2.Event]) -> None:
         for message in batches(events):
@@ -118,7 +126,7 @@ class AppStream:
     def end(self, how: Literal["slow", "closing"], last: Response | None = None) -> None:
         if how == "slow":
             self._out.clear()  # what was not written is dropped: the app resumes for it
-            self._events = 0
+            self._events = self._bytes = 0
         if last is not None:
             self._push(last)
         self.ending = how
@@ -127,8 +135,9 @@ class AppStream:
     async def messages(self) -> AsyncIterator[Response]:
         while True:
             while self._out:
-                message, counted = self._out.popleft()
+                message, counted, size = self._out.popleft()
                 self._events -= counted
+                self._bytes -= size
                 kind = message.WhichOneof("message")
                 if kind == "heartbeat":
                     self._beat_queued = False
@@ -154,6 +163,7 @@ class RelaySink:
         *,
         queue_size: int = 10_000,
         heartbeat: float = 1.0,
+        history_bytes: int = 16 << 20,
     ) -> None:
         if history < 1 or queue_size < 1 or heartbeat <= 0:
             raise ValueError("history and queue_size must be >= 1, heartbeat > 0")
@@ -164,6 +174,8 @@ class RelaySink:
         self._seq = 0
         self._history: deque[_Entry] = deque()
         self._history_cap = history
+        self._history_bytes_cap = history_bytes
+        self.history_bytes = 0
         self._index: dict[str, int] = {}  # id → seq of its first entry
         self._start_id = self._mint()  # the position before any entry
         self.high_water = self._start_id
@@ -244,11 +256,18 @@ class RelaySink:
         """Add an entry (an event, or a flush with a minted id); return its id."""
         self._seq += 1
         event_id = event_id or self._mint()
-        self._history.append(_Entry(self._seq, event_id, event))
+        size = ENTRY_OVERHEAD
+        if event is not None:  # measured: a decoded string in a message costs ~32 bytes more
+            size += event.ByteSize() + 32 * (len(event.keys) + len(event.prefixes))
+        self._history.append(_Entry(self._seq, event_id, event, size))
+        self.history_bytes += size
         self._index.setdefault(event_id, self._seq)
         self.high_water = event_id
-        if len(self._history) > self._history_cap:
+        while len(self._history) > 1 and (
+            len(self._history) > self._history_cap or self.history_bytes > self._history_bytes_cap
+        ):
             old = self._history.popleft()
+            self.history_bytes -= old.size
             self.evicted += 1
             if self._index.get(old.id) == old.seq:
                 del self._index[old.id]
@@ -337,7 +356,7 @@ class RelaySink:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if self._closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the relay is shutting down")
-        stream = AppStream(topics, self.queue_size, context.peer())
+        stream = AppStream(topics, self.queue_size, context.peer(), self._history_bytes_cap)
         if request.resume_from:
             self._resume(stream, request.resume_from)
         stream.heartbeat(self._heartbeat_message())  # tells the app it is subscribed

@@ -1,4 +1,8 @@
-"""Redis: UNLINK for keys (pipelined), SCAN + UNLINK for prefixes, FLUSHDB for a flush.
+"""Redis: UNLINK for keys (pipelined), SCAN + UNLINK for prefixes; a flush deletes the
+app's cache prefixes (SCAN + UNLINK), or the whole database (FLUSHDB) when chosen.
+
+All prefixes of a batch cost one SCAN pass over the keyspace (matched client-side), not
+one pass each; the applier deletes the keys of later events meanwhile (`express_keys`).
 
 UNLINK frees values in the background, so a large batch does not stall Redis. Deleting
 real keys also makes Redis send its own client-side-caching invalidations to redis-py
@@ -8,6 +12,7 @@ clients that track those keys. redis-py retries a command once on a fresh connec
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Sequence
 
 import redis.asyncio as aioredis
@@ -27,12 +32,29 @@ def match_pattern(prefix: str) -> str:
     return prefix.translate(_GLOB) + "*"
 
 
+def scan_pattern(prefixes: Sequence[str]) -> str:
+    """One SCAN MATCH pattern covering every prefix: their common start, then `*`."""
+    return match_pattern(os.path.commonprefix(list(prefixes)))  # noqa: RUF071  # characters are what we want
+
+
 class RedisSink:
     name = "redis"
+    # Key deletes may run while a prefix scan is in progress (the pool has connections).
+    express_keys = True
 
-    def __init__(self, url: str, *, flush_enabled: bool = True, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        flush_enabled: bool = True,
+        timeout: float = 5.0,
+        flush_prefixes: Sequence[str] = (),
+    ) -> None:
+        """A flush deletes the keys under `flush_prefixes` (the app's cache namespace),
+        or, when there are none, the whole database (FLUSHDB)."""
         self.url = url
         self.flush_enabled = flush_enabled
+        self.flush_prefixes = tuple(flush_prefixes)
         self._redis = aioredis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 1)
         )
@@ -49,15 +71,20 @@ class RedisSink:
                     for i in range(0, len(keys), CHUNK):
                         pipe.unlink(*keys[i : i + CHUNK])
                     await pipe.execute()
-            for prefix in prefixes:
-                async for chunk in self._scan(prefix):
+            if prefixes:
+                async for chunk in self._scan(prefixes):
                     await self._redis.unlink(*chunk)
         except (RedisError, OSError) as exc:
             raise SinkError(f"redis: {type(exc).__name__}: {exc}") from exc
 
-    async def _scan(self, prefix: str) -> AsyncIterator[list[bytes]]:
+    async def _scan(self, prefixes: Sequence[str]) -> AsyncIterator[list[bytes]]:
+        """The keys starting with any of `prefixes`, in chunks, from one SCAN pass."""
+        wanted = tuple(p.encode() for p in prefixes)
         chunk: list[bytes] = []
-        async for key in self._redis.scan_iter(match=match_pattern(prefix), count=SCAN_COUNT):
+        pattern = scan_pattern(prefixes)
+        async for key in self._redis.scan_iter(match=pattern, count=SCAN_COUNT):
+            if not key.startswith(wanted):
+                continue
             chunk.append(key)
             if len(chunk) >= CHUNK:
                 yield chunk
@@ -66,6 +93,13 @@ class RedisSink:
             yield chunk
 
     async def flush(self, reason: str) -> None:
+        if self.flush_prefixes:
+            try:
+                async for chunk in self._scan(self.flush_prefixes):
+                    await self._redis.unlink(*chunk)
+            except (RedisError, OSError) as exc:
+                raise SinkError(f"redis flush (SCAN): {type(exc).__name__}: {exc}") from exc
+            return
         try:
             ok = await self._redis.flushdb(asynchronous=True)
         except (RedisError, OSError) as exc:

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from cachewire.common.redact import redact
 from cachewire.sidecar.sinks.base import Invalidation, SinkError
 
 
@@ -74,9 +75,9 @@ class WebhookSink:
             async with self._session.post(self.url, json=body) as resp:
                 if not 200 <= resp.status < 300:
                     text = (await resp.text(errors="replace"))[:200]
-                    raise SinkError(f"webhook {self.url} answered {resp.status}: {text}")
+                    raise SinkError(redact(f"webhook {self.url} answered {resp.status}: {text}"))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise SinkError(f"webhook {self.url}: {type(exc).__name__}: {exc}") from exc
+            raise SinkError(redact(f"webhook {self.url}: {type(exc).__name__}: {exc}")) from exc
 
     async def apply(self, batch: Sequence[Invalidation]) -> None:
         await self._post(batch_body(batch))

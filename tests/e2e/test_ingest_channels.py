@@ -57,6 +57,8 @@ async def test_a_memory_broker_hub_ingests_plasma_messages_and_counts_malformed_
             '{"meta":{"type":"a::b"}}',
             '{"meta":{"type":1}}',
             '{"meta":{"type":"a"},"data":NaN}',
+            '{"meta":{"type":"a"},"data":1e999}',
+            '{"meta":{"type":"a"},"data":{"x":[-1e400]}}',
             '{"meta":{"type":"a","keys":"k"}}',
         ]
         for message in malformed:

@@ -125,6 +125,8 @@ def test_publish_invalidates_memcached_redis_and_app_cache(
         f"127.0.0.1:{memcached_server.port}",
         "--redis-url",
         f"redis://127.0.0.1:{redis_server.port}/0",
+        "--redis-flush",
+        "db",
         "--relay-port",
         str(relay_port),
         hub=hub,
@@ -176,6 +178,8 @@ def test_hub_restart_new_epoch_resets_and_flushes(
         f"127.0.0.1:{memcached_server.port}",
         "--redis-url",
         f"redis://127.0.0.1:{redis_server.port}/0",
+        "--redis-flush",
+        "db",
         "--max-staleness",
         "60",
         hub=hub,
@@ -302,7 +306,8 @@ def test_sigterm_exits_zero(
     hub_process: Callable[..., Proc], sidecar_process: Callable[..., Proc], redis_server: Proc
 ) -> None:
     hub = hub_process("--subscribe-heartbeat", "0.1")
-    sc = sidecar_process("--redis-url", f"redis://127.0.0.1:{redis_server.port}/0", hub=hub)
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    sc = sidecar_process("--redis-url", url, "--allow-prefixes", "a", hub=hub)
     wait_ready(sc)
     [event_id] = publish(hub, {"type": "user:1", "keys": ["a"]})
     assert applied(sc, event_id) == 200

@@ -75,6 +75,7 @@ async def test_trace_context_comes_from_metadata_when_the_event_has_none(
         ([Input(type="")], "event 0: type must not be empty"),
         ([Input(type="a", data="{not json")], "event 0: data must be JSON text"),
         ([Input(type="a", data="plain text")], "event 0: data must be JSON text"),
+        ([Input(type="a", data="1e999")], "event 0: data must be JSON text"),
         ([Input(type="a", keys=[""])], "event 0: keys must not contain an empty string"),
         ([Input(type="a", prefixes=["p", ""])], "event 0: prefixes must not contain an empty"),
         (

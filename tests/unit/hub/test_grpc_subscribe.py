@@ -195,7 +195,8 @@ async def test_events_published_together_arrive_in_order_in_few_messages(
 ) -> None:
     call = await subscribe(api, "load")
     await next_of(call, "heartbeat")
-    ids = await publish(api, *[f"load:{i}" for i in range(2000)])
+    ids = await publish(api, *[f"load:{i}" for i in range(1000)])  # --max-events each
+    ids += await publish(api, *[f"load:{i}" for i in range(1000, 2000)])
     events, messages = await read_events(call, 2000)
     assert [e.id for e in events] == ids
     assert [e.type for e in events] == [f"load:{i}" for i in range(2000)]

@@ -117,6 +117,9 @@ BAD_BODIES = [
     (b'[{"type":"ok"},{"type":"a::b"}]', 400, "event 1: "),
     (b'[{"type":"ok"},{"type":"ok","keys":["1","2","3","4"]}]', 413, "more than the limit of 3"),
     (b'{"type":"a","keys":["1","2"],"prefixes":["3","4"]}', 413, "exceed the limit of 3"),
+    (b'{"type":"a","data":1e999}', 400, "the number 1e999 is out of range"),
+    (b'{"type":"a","data":{"x":[-1E400]}}', 400, "is out of range"),
+    (b'{"type":"a","data":NaN}', 400, "not valid JSON"),
     (b"[" * 200_000 + b"]" * 200_000, 400, "nested too deeply"),
     (b'{"type":"a","data":' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "nested too deeply"),
 ]

@@ -123,3 +123,25 @@ def test_history_must_hold_an_event() -> None:
 
 async def test_always_ready() -> None:
     assert MemoryBroker().ready()
+
+
+async def test_history_is_bounded_by_bytes_too_the_newest_always_kept() -> None:
+    """--history-bytes: the oldest events leave once their bytes exceed it."""
+    broker = MemoryBroker(history=1000, history_bytes=50_000)
+    big = Draft("a", '"' + "x" * 10_000 + '"')
+    events = await broker.publish([big] * 10)
+    assert broker.bytes <= 50_000
+    assert 1 <= broker.history_size() < 10
+    expired = await broker.replay(events[0].id)
+    assert expired.reset == "history_expired"
+    kept = await broker.replay(events[-broker.history_size() - 1].id)
+    assert [e.id for e in kept.events] == [e.id for e in events[-broker.history_size() :]]
+    huge = await broker.publish([Draft("a", '"' + "y" * 100_000 + '"')])
+    assert broker.history_size() == 1 and (await broker.replay(events[-1].id)).events == huge
+
+
+async def test_reset_details_truncate_a_long_epoch_or_id() -> None:
+    broker = MemoryBroker(10)
+    for bad in ("e" * 8000 + "-1", broker.epoch + "-" + "9" * 18):
+        detail = (await broker.replay(bad)).detail
+        assert len(detail) < 200, detail

@@ -38,7 +38,22 @@ def test_boolean_flags_and_variables() -> None:
     assert parse([*BASE, "--no-memcached-flush"], env={}).memcached_flush is False
     env = {"CACHEWIRE_SIDECAR_REDIS_FLUSH": "off", "CACHEWIRE_SIDECAR_REDIS_URL": "redis://h/1"}
     s = parse(BASE, env=env)
-    assert s.redis_flush is False and s.sink_names() == ["memcached", "redis"]
+    assert s.redis_flush == "off" and s.sink_names() == ["memcached", "redis"]
+
+
+def test_redis_flush_modes_and_the_allowed_prefixes() -> None:
+    """--redis-flush=true (the default) deletes the allowed prefixes; FLUSHDB only when
+    chosen (or, with a warning at start, when no prefixes are given); the old
+    --no-redis-flush still turns it off."""
+    url = ["--redis-url", "redis://h/0"]
+    assert parse([*BASE, *url], env={}).redis_flush == "prefixes"
+    s = parse([*BASE, *url, "--allow-prefixes", "app:cache:, app:v2:"], env={})
+    assert s.redis_flush == "prefixes" and s.allowed("redis") == ("app:cache:", "app:v2:")
+    s = parse([*BASE, *url, "--allow-prefixes", "a:", "--redis-allow-prefixes", "r:"], env={})
+    assert (s.allowed("redis"), s.allowed("memcached")) == (("r:",), ("a:",))
+    assert parse([*BASE, *url, "--redis-flush", "db"], env={}).redis_flush == "db"
+    assert parse([*BASE, *url, "--no-redis-flush"], env={}).redis_flush == "off"
+    assert parse([*BASE, *url, "--redis-flush=false"], env={}).redis_flush == "off"
 
 
 def test_config_file_with_lists_booleans_and_rules(tmp_path: Path) -> None:
@@ -57,7 +72,7 @@ keys = ["user:{id}", "user:{id}:profile"]
     )
     s = parse(["--config", config], env={})
     assert s.topics == ("user", "product:1")
-    assert s.redis_flush is False and s.relay_port == 7070
+    assert s.redis_flush == "off" and s.relay_port == 7070
     assert [r.pattern for r in s.rules] == ["user:{id}"]
 
 
@@ -124,3 +139,17 @@ def test_every_option_has_a_field_and_a_table_row() -> None:
     table = settings_table()
     for opt in OPTIONS:
         assert opt.env in table
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://:hunter2@127.0.0.1:6379/abc", "the database number 'abc' is not a number"),
+        ("redis://u:hunter2@127.0.0.1:notaport/0", "--redis-url="),
+    ],
+)
+def test_a_bad_redis_url_fails_at_start_without_its_password(url: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse([*BASE, "--redis-url", url, "--redis-flush", "db"], env={})
+    assert message in str(err.value)
+    assert "hunter2" not in str(err.value) and ":***@" in str(err.value)
