@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
@@ -123,8 +123,9 @@ class Guard(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport; not an asyncio.Transport instance under uvloop (its
+        # TCPTransport does not subclass it), so no isinstance check here.
+        self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self._client = str(peer[0]) if isinstance(peer, tuple) else str(peer or "")
         refused = self._limits.admit(self._client)
@@ -139,7 +140,7 @@ class Guard(asyncio.Protocol):
                     "from_peer": self._limits.by_client[self._client],
                 },
             )
-            transport.write(closing_response(refused))
+            self._transport.write(closing_response(refused))
             transport.close()
             return
         self._admitted = True
