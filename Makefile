@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := redis-server memcached chromium libfaketime
 
 .PHONY: install system-deps run readme proto proto-check lint format typecheck pytest test check \
-	bench bench-delivery lock lock-upgrade lock-check check-latest dist k8s-check image-check chaos soak
+	bench bench-delivery lock lock-upgrade lock-check check-latest dist k8s-check image-check chaos soak fuzz
 
 system-deps:  ## Debian packages the tests use: redis-server, memcached, chromium, libfaketime
 	@if ! command -v redis-server >/dev/null || ! command -v memcached >/dev/null \
@@ -67,6 +67,9 @@ typecheck:
 
 pytest:
 	$(BIN)/pytest
+
+fuzz:  ## the Hypothesis fuzz suite with thousands of examples (the suite runs a few seconds' worth)
+	HYPOTHESIS_PROFILE=long $(BIN)/pytest tests/fuzz -q --timeout 1800
 
 CHAOS_REPORT ?= build/chaos-figures.md
 chaos: system-deps install  ## every fault scenario, longer; prints the figures table (and writes $(CHAOS_REPORT))

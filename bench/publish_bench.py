@@ -158,7 +158,9 @@ def ssebench(binary: Path, sizes: Sizes, pid: int, args: list[str]) -> dict[str,
     return result
 
 
-def library_load(url: str, sse_port: int, sizes: Sizes, hub_pid: int) -> dict[str, Any]:
+def library_load(
+    url: str, sse_port: int, sizes: Sizes, hub_pid: int, in_flight: int = 1
+) -> dict[str, Any]:
     """This script's `library` subcommand on the load CPU: events/s through AsyncPublisher."""
     argv = [
         sys.executable,
@@ -174,6 +176,8 @@ def library_load(url: str, sse_port: int, sizes: Sizes, hub_pid: int) -> dict[st
         str(sizes.duration),
         "--hub-pid",
         str(hub_pid),
+        "--in-flight",
+        str(in_flight),
     ]
     out = subprocess.run(pinned(LOAD_CPU, argv), capture_output=True, check=True, timeout=120)
     result: dict[str, Any] = json.loads(out.stdout)
@@ -205,7 +209,10 @@ async def _library(args: argparse.Namespace) -> dict[str, Any]:
                     if done and received >= acked_all:
                         all_received.set()
 
-    async with aiohttp.ClientSession() as http, AsyncPublisher(args.url) as publisher:
+    async with (
+        aiohttp.ClientSession() as http,
+        AsyncPublisher(args.url, max_in_flight=args.in_flight) as publisher,
+    ):
         subs = [asyncio.create_task(subscribe(http, t)) for t in topics]
         await all_ready.wait()
         acked = 0
@@ -309,11 +316,14 @@ def run(tools: Path | None, sizes: Sizes) -> dict[str, Any]:
                                 result["server_cpu_us_per_publish"] / NDJSON_LINES
                             )
                             rows.setdefault("ndjson/cachewire", []).append(result)
-                    for scheme in ("http", "grpc"):
+                    for scheme, in_flight in (("http", 1), ("grpc", 1), ("http", 4)):
                         with hub() as (proc, http, grpc):
                             port = http if scheme == "http" else grpc
-                            rows.setdefault(f"library-{scheme}/cachewire", []).append(
-                                library_load(f"{scheme}://127.0.0.1:{port}", http, sizes, proc.pid)
+                            name = f"library-{scheme}{'' if in_flight == 1 else in_flight}"
+                            rows.setdefault(f"{name}/cachewire", []).append(
+                                library_load(
+                                    f"{scheme}://127.0.0.1:{port}", http, sizes, proc.pid, in_flight
+                                )
                             )
                     if sb:
                         with hub() as (proc, http, _):
@@ -371,6 +381,10 @@ def report(result: dict[str, Any], sizes: Sizes, argv: list[str]) -> str:
     for name, what in (
         ("library-http/cachewire", "events/s, publisher library over HTTP (64 concurrent calls)"),
         ("library-grpc/cachewire", "events/s, publisher library over gRPC (64 concurrent calls)"),
+        (
+            "library-http4/cachewire",
+            "events/s, publisher library over HTTP, max_in_flight=4 (order not kept)",
+        ),
         ("ndjson/cachewire", f"events/s, NDJSON bodies of {NDJSON_LINES} events (pubbench)"),
     ):
         ev = get(name, "events_per_s")
@@ -415,6 +429,7 @@ def main() -> None:
     lib.add_argument("--warmup", type=float, default=2.0)
     lib.add_argument("--duration", type=float, default=8.0)
     lib.add_argument("--hub-pid", type=int, required=True)
+    lib.add_argument("--in-flight", type=int, default=1)
     parser.add_argument("--tools", type=Path, help="folder of pubbench/, ssebench/, peers/nchan/")
     parser.add_argument("--rounds", type=int, default=Sizes.rounds)
     parser.add_argument("--duration", type=float, default=Sizes.duration)

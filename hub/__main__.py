@@ -65,6 +65,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "cachewire-hub") -> None
         raise SystemExit(workers.supervise(settings, argv))
     try:
         run(serve(settings), settings.loop)
+    except ConfigError as exc:  # found at start-up: a key, certificate or keys file
+        print(f"{prog}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     except OSError as exc:  # e.g. the port is taken
         print(f"{prog}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections import Counter
 from typing import Any, cast
 
@@ -123,9 +124,8 @@ class Guard(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A stream transport; not an asyncio.Transport instance under uvloop (its
-        # TCPTransport does not subclass it), so no isinstance check here.
-        self._transport = cast(asyncio.Transport, transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport
+        self._transport = transport
         peer = transport.get_extra_info("peername")
         self._client = str(peer[0]) if isinstance(peer, tuple) else str(peer or "")
         refused = self._limits.admit(self._client)
@@ -208,10 +208,10 @@ class GuardedSite(web.TCPSite):
         host: str,
         port: int,
         limits: Limits,
-        *,
+        ssl_context: ssl.SSLContext | None = None,
         reuse_port: bool = False,  # --workers: every worker binds the same port
     ) -> None:
-        super().__init__(runner, host, port, reuse_port=reuse_port)
+        super().__init__(runner, host, port, reuse_port=reuse_port, ssl_context=ssl_context)
         self.limits = limits
         self._reuse = reuse_port
 
@@ -227,6 +227,10 @@ class GuardedSite(web.TCPSite):
             return Guard(JsonErrors(server, loop=loop, **kwargs), limits)
 
         self._server = await loop.create_server(
-            factory, self._host, self._port, reuse_port=self._reuse or None
+            factory,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            reuse_port=self._reuse or None,
         )
         self._bound_port = self._server.sockets[0].getsockname()[1]

@@ -196,6 +196,11 @@ class Subscription:
         # this reset is sent in its place.
         self._reset: Replay | None = None
 
+    @property
+    def live(self) -> bool:
+        """False while a resume still replays history (live events wait in the buffer)."""
+        return self._buffer is None
+
     def deliver(self, event: Event) -> None:
         if self._buffer is not None:
             self._hold(event)

@@ -19,9 +19,11 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cachewire.hub import telemetry
+from cachewire.hub.auth.decide import Principal
+from cachewire.hub.auth.transport import grpc_credentials
 from cachewire.hub.brokers.base import ResetReason
 from cachewire.hub.core import Pressure, Tracked
-from cachewire.hub.errors import HubError, InvalidInput, Unavailable
+from cachewire.hub.errors import Denied, HubError, InvalidInput, Unavailable
 from cachewire.hub.events import (
     Draft,
     Event,
@@ -397,7 +399,8 @@ class HubService:
         self, request: hub_pb2.PublishRequest, context: Any
     ) -> hub_pb2.PublishResponse:
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-        return await self._publish(request, metadata)
+        principal = await self._authenticate(metadata)
+        return await self._publish(request, metadata, principal)
 
     async def PublishStream(
         self, requests: AsyncIterator[hub_pb2.PublishRequest], context: Any
@@ -405,21 +408,34 @@ class HubService:
         """Each request stored and answered in turn, so the answers come in request order.
         The first error ends the stream, naming the request by its index."""
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        principal = await self._authenticate(metadata)  # once per stream
         index = 0
         async for request in requests:
             try:
-                response = await self._publish(request, metadata)
+                response = await self._publish(request, metadata, principal)
+            except Denied:
+                raise  # the client learns nothing more than the status
             except HubError as exc:
                 raise type(exc)(f"request {index}: {exc}") from None
             if not await write(context, response.SerializeToString()):
                 return
             index += 1
 
+    async def _authenticate(self, metadata: dict[str, str]) -> Principal | None:
+        """The caller's principal with --auth protected; None with auth off."""
+        if self._hub.auth is None:
+            return None
+        return await self._hub.auth.authenticate(grpc_credentials(metadata.items()))
+
     async def _publish(
-        self, request: hub_pb2.PublishRequest, metadata: dict[str, str]
+        self,
+        request: hub_pb2.PublishRequest,
+        metadata: dict[str, str],
+        principal: Principal | None,
     ) -> hub_pb2.PublishResponse:
-        """What Publish and PublishStream share: validation (as HTTP's), the idempotency
-        key, one append per request."""
+        """What Publish and PublishStream share: validation (as HTTP's), the decision
+        (every event granted; its credential not expired), the idempotency key, one
+        append per request."""
         settings = self._hub.settings
         drafts = drafts_from_request(
             request,
@@ -429,6 +445,8 @@ class HubService:
             settings.max_prefixes,
             settings.max_events,
         )
+        if principal is not None and self._hub.auth is not None:
+            self._hub.auth.authorize_publish(principal, drafts)
         key = idempotency_key(request.idempotency_key)
         await self._hub.fanout.pressure.admit()  # the hub is behind: wait, or RESOURCE_EXHAUSTED
         ids = await telemetry.publish_ids(
@@ -440,9 +458,16 @@ class HubService:
         topics = parse_topics(list(request.topics), limit=self._hub.settings.max_topics)
         if self._hub.stopping:
             raise Unavailable(SHUTTING_DOWN)
+        auth = self._hub.auth
+        if auth is not None:
+            credentials = grpc_credentials(context.invocation_metadata())
+            principal = await auth.check_subscribe(credentials, topics)
         fanout = self._hub.fanout
         settings = self._hub.settings
         sink = SubscribeSink(settings.queue_size, self._encode, settings.subscribe_batch_bytes)
+        # An expired credential or a revoked grant ends the stream UNAUTHENTICATED or
+        # PERMISSION_DENIED, after what is queued; the client resumes with resume_from.
+        watch = None if auth is None else auth.watch(principal, topics, sink.outbox.finish)
         peer, started = context.peer(), time.monotonic()
         log.info(
             "grpc subscribe opened",
@@ -460,6 +485,8 @@ class HubService:
         finally:
             if sub is not None:
                 fanout.unsubscribe(sub)
+            if auth is not None and watch is not None:
+                auth.unwatch(watch)
             self._streams.discard(sink.outbox)
             log.info(
                 "grpc subscribe closed",

@@ -23,6 +23,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import grpc
 from grpc._cython import cygrpc  # grpc.aio's implementation: see StreamWriter
 
+from cachewire.hub.auth.decide import ANONYMOUS, Principal
+from cachewire.hub.auth.service import Watch
+from cachewire.hub.auth.transport import grpc_credentials
 from cachewire.hub.brokers.base import ResetReason
 from cachewire.hub.core import Subscription
 from cachewire.hub.errors import HubError, TooLarge, Unavailable
@@ -197,14 +200,19 @@ class StreamService:
     async def Events(self, requests: AsyncIterator[plasma_pb2.Request], context: Any) -> None:
         if self._hub.stopping:
             raise Unavailable(SHUTTING_DOWN)
+        auth = self._hub.auth
+        principal = ANONYMOUS  # Plasma clients send no metadata: public types only
+        if auth is not None:
+            principal = await auth.authenticate(grpc_credentials(context.invocation_metadata()))
         sink = PlasmaSink(self._hub.settings.queue_size, self._encode)
+        watch = None if auth is None else auth.watch(principal, frozenset(), sink.outbox.finish)
         holder: list[Subscription] = []  # the subscription, once the first Request came
         peer, started = context.peer(), time.monotonic()
         log.info("grpc plasma stream opened", extra={"peer": peer})
         writer = StreamWriter(context, self._hub.settings.grpc_held_writes == "auto")
         box = sink.outbox
         self._streams.add(box)
-        reader = asyncio.create_task(self._read(requests, sink, holder))
+        reader = asyncio.create_task(self._read(requests, sink, holder, principal, watch))
         try:
             async for batch in sink.batches():
                 last = len(batch) - 1
@@ -217,6 +225,8 @@ class StreamService:
                 await reader
             if holder:
                 self._hub.fanout.unsubscribe(holder[0])
+            if auth is not None and watch is not None:
+                auth.unwatch(watch)
             self._streams.discard(sink.outbox)
             log.info(
                 "grpc plasma stream closed",
@@ -233,9 +243,11 @@ class StreamService:
         requests: AsyncIterator[plasma_pb2.Request],
         sink: PlasmaSink,
         holder: list[Subscription],
+        principal: Principal,
+        watch: Watch | None,
     ) -> None:
-        """Apply each Request; a bad one ends the stream with its error."""
-        fanout = self._hub.fanout
+        """Apply each Request; a bad one (or one not granted) ends the stream with its error."""
+        fanout, auth = self._hub.fanout, self._hub.auth
         try:
             async for request in requests:
                 if request.forceClose:
@@ -250,6 +262,9 @@ class StreamService:
                         f"the limit of {limit} (--max-topics)"
                     )
                 topics = frozenset(validate_topic(e.type, "event type") for e in request.events)
+                if auth is not None and watch is not None:
+                    auth.authorize(principal, "subscribe", topics)
+                    watch.types = topics
                 if not holder:
                     holder.append(await fanout.subscribe(topics, sink, request.lastEventId or None))
                 elif not holder[0].closed:

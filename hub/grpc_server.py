@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from cachewire.hub.errors import HubError, Overloaded, Unavailable
+from cachewire.hub.errors import Denied, HubError, Overloaded, Unavailable
 from cachewire.hub.grpc_api import SHUTTING_DOWN, HubService, Outbox
 from cachewire.hub.grpc_plasma import StreamService
 from cachewire.v1 import hub_pb2, plasma_pb2
@@ -64,11 +64,13 @@ def connection_age(age: float | None, grace: float) -> tuple[tuple[str, int], ..
     )
 
 
-async def _abort(context: Any, exc: Exception) -> None:
+async def _abort(context: Any, exc: Exception, hub: Hub | None = None) -> None:
     """The one place where exceptions become gRPC statuses; clients never see a trace."""
     if isinstance(exc, Overloaded):  # gRPC's retry policy honours the pushback trailer
         pushback = (("grpc-retry-pushback-ms", str(exc.retry_after * 1000)),)
         await context.abort(exc.grpc_code, str(exc), pushback)
+    if isinstance(exc, Denied) and hub is not None and hub.auth is not None:
+        hub.auth.note(exc, "grpc", context.peer())
     if isinstance(exc, HubError):
         await context.abort(exc.grpc_code, str(exc))
     log.error("unhandled error in a gRPC method", exc_info=exc)
@@ -78,7 +80,8 @@ async def _abort(context: Any, exc: Exception) -> None:
 class Calls:
     """Wraps servicer methods: maps their errors, and counts the calls in progress."""
 
-    def __init__(self) -> None:
+    def __init__(self, hub: Hub | None = None) -> None:
+        self._hub = hub
         self.active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -91,7 +94,7 @@ class Calls:
             try:
                 return await method(request, context)
             except Exception as exc:
-                await _abort(context, exc)
+                await _abort(context, exc, self._hub)
             finally:
                 self.active -= 1
                 if not self.active:
@@ -130,7 +133,7 @@ class GrpcServer:
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
         self._streams: set[Outbox] = set()
-        self._calls = Calls()
+        self._calls = Calls(hub)
         self._health = Health(lambda: hub.broker.ready() and not (hub.stopping or hub.draining))
         self._server: Any = None
         self._poll: asyncio.Task[None] | None = None
@@ -189,8 +192,12 @@ class GrpcServer:
             (HUB_SERVICE, PLASMA_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server
         )
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        tls = self._hub.tls
         try:
-            bound = int(server.add_insecure_port(address))
+            if tls is None:
+                bound = int(server.add_insecure_port(address))
+            else:
+                bound = int(server.add_secure_port(address, tls.grpc_credentials()))
         except RuntimeError as exc:  # grpc's "failed to bind"; __main__ reports OSErrors
             raise OSError(f"gRPC cannot listen on {address}: {exc}") from None
         await server.start()

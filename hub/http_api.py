@@ -1,4 +1,9 @@
-"""HTTP endpoints other than SSE: publish, health, metrics; and the JSON error mapping."""
+"""HTTP endpoints other than SSE: publish, tickets, health, metrics; the JSON error mapping.
+
+Cross-site safety, in every auth mode: publish and ticket requests carry a JSON (or NDJSON)
+body, so a browser must preflight them (415 otherwise), and a browser's request from an
+origin not listed in --cors-origin is refused (403) even when the preflight was skipped.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +16,23 @@ from aiohttp import web
 from cachewire.common import wirejson
 from cachewire.common.telemetry import exposition
 from cachewire.hub import sse, telemetry
-from cachewire.hub.errors import HubError, Overloaded, TooLarge
+from cachewire.hub.auth.transport import http_credentials
+from cachewire.hub.errors import (
+    CrossSite,
+    Denied,
+    HubError,
+    InvalidInput,
+    Overloaded,
+    TooLarge,
+    UnsupportedMedia,
+)
 from cachewire.hub.events import (
     Draft,
     drafts_from_json,
     drafts_from_ndjson,
     idempotency_key,
     parse_json,
+    parse_topics,
 )
 
 if TYPE_CHECKING:
@@ -28,12 +43,18 @@ log = logging.getLogger("cachewire.hub.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# Bodies a publish (or ticket) request may have: none of them is one a cross-site <form>
+# or a "simple" fetch can send without a CORS preflight.
+BODY_TYPES = frozenset({"application/json", "application/x-ndjson"})
+
 
 def error_response(status: int, message: str) -> web.Response:
     return web.json_response({"error": message, "status": status}, status=status)
 
 
-def _rejected(request: web.Request, status: int, message: str) -> web.Response:
+def _rejected(
+    request: web.Request, status: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
     """A 4xx/5xx the client caused or must retry: one log line, a JSON body."""
     log.info(
         "request rejected",
@@ -45,11 +66,21 @@ def _rejected(request: web.Request, status: int, message: str) -> web.Response:
             "peer": request.remote,
         },
     )
-    return error_response(status, message)
+    response = error_response(status, message)
+    response.headers.update(cors_headers(request))
+    if headers:
+        response.headers.update(headers)
+    return response
 
 
 def _error(request: web.Request, exc: BaseException) -> web.StreamResponse:
     """Every error leaves as JSON; no traceback ever reaches a client."""
+    if isinstance(exc, Denied):
+        hub = request.app[sse.HUB]
+        if hub.auth is not None:
+            hub.auth.note(exc, "http", request.remote)
+        headers = {"WWW-Authenticate": exc.challenge}
+        return _rejected(request, exc.http_status, str(exc), headers)
     if isinstance(exc, HubError):
         response = _rejected(request, exc.http_status, str(exc))
         if isinstance(exc, Overloaded):
@@ -84,6 +115,30 @@ def json_errors(handler: Handler) -> Handler:
 NDJSON = "application/x-ndjson"
 
 
+def cors_headers(request: web.Request) -> dict[str, str]:
+    """CORS response headers for a browser's request from an origin listed explicitly."""
+    origin = request.headers.get("Origin")
+    if origin is None or origin not in request.app[sse.HUB].settings.cors_origins:
+        return {}
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Credentials": "true",
+        "Vary": "Origin",
+    }
+
+
+def check_cross_site(request: web.Request) -> None:
+    """Refuse a body a browser sends cross-site without preflight, and foreign origins."""
+    if request.content_type not in BODY_TYPES:
+        raise UnsupportedMedia(
+            f"Content-Type must be application/json or application/x-ndjson, "
+            f"not {request.content_type}"
+        )
+    origin = request.headers.get("Origin")
+    if origin is not None and origin not in request.app[sse.HUB].settings.cors_origins:
+        raise CrossSite(f"requests from origin {origin!r} are not allowed (see --cors-origin)")
+
+
 async def publish(request: web.Request) -> web.StreamResponse:
     """POST /v1/publish: a JSON event or array, or NDJSON (one event a line) → {"ids": [...]}.
 
@@ -93,7 +148,10 @@ async def publish(request: web.Request) -> web.StreamResponse:
     try:
         hub = request.app[sse.HUB]
         settings = hub.settings
+        check_cross_site(request)
         drafts = await read_drafts(request, settings)
+        if hub.auth is not None:  # --auth off: no auth work at all
+            await hub.auth.check_publish(http_credentials(request), drafts)
         key = idempotency_key(request.headers.get("Idempotency-Key", ""))
         await hub.fanout.pressure.admit()  # the hub is behind: wait, or 503 Retry-After
         ids = await telemetry.publish_ids(
@@ -101,7 +159,11 @@ async def publish(request: web.Request) -> web.StreamResponse:
         )
     except Exception as exc:
         return _error(request, exc)
-    return web.Response(body=b'{"ids":%b}' % wirejson.dumpb(ids), content_type="application/json")
+    return web.Response(
+        body=b'{"ids":%b}' % wirejson.dumpb(ids),
+        content_type="application/json",
+        headers=cors_headers(request) if "Origin" in request.headers else None,
+    )
 
 
 async def read_drafts(request: web.Request, settings: HubSettings) -> list[Draft]:
@@ -133,6 +195,41 @@ async def read_drafts(request: web.Request, settings: HubSettings) -> list[Draft
         max_prefixes=settings.max_prefixes,
         max_events=settings.max_events,
     )
+
+
+async def ticket(request: web.Request) -> web.Response:
+    """POST /v1/tickets {"types": [...]} → {"ticket": "...", "expires_in": 60}."""
+    hub = request.app[sse.HUB]
+    check_cross_site(request)
+    if hub.auth is None:
+        raise web.HTTPNotFound(reason="tickets exist only with --auth protected")
+    body = parse_json(await request.read())
+    if not isinstance(body, dict) or not isinstance(body.get("types"), list):
+        raise InvalidInput('the body must be {"types": ["type", ...]}')
+    types = parse_topics(body["types"], "type")
+    value = await hub.auth.issue_ticket(http_credentials(request), types)
+    return web.json_response(
+        {"ticket": value, "expires_in": round(hub.auth.tickets.ttl)},
+        headers={"Cache-Control": "no-store", **cors_headers(request)},
+    )
+
+
+async def preflight(request: web.Request) -> web.Response:
+    """CORS preflight of publish and tickets: allowed for origins listed in --cors-origin."""
+    headers = cors_headers(request)
+    if not headers:
+        raise CrossSite(
+            f"requests from origin {request.headers.get('Origin')!r} are not allowed "
+            "(see --cors-origin)"
+        )
+    headers |= {
+        "Access-Control-Allow-Methods": "POST",
+        "Access-Control-Allow-Headers": (
+            "Authorization, Content-Type, X-API-Key, Idempotency-Key, traceparent"
+        ),
+        "Access-Control-Max-Age": "600",
+    }
+    return web.Response(status=204, headers=headers)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -179,7 +276,7 @@ async def plasma_metrics(request: web.Request) -> web.Response:
 
 async def any_path(request: web.Request) -> web.StreamResponse:
     """Plasma serves SSE on any path when the client accepts text/event-stream."""
-    if request.path == "/v1/publish":  # one of ours, POST only: never a subscription
+    if request.path in ("/v1/publish", "/v1/tickets"):  # ours, POST only: no subscription
         raise web.HTTPMethodNotAllowed(request.method, ["POST"])
     if "text/event-stream" in request.headers.get("Accept", ""):
         return await sse.handle(request)
@@ -191,19 +288,29 @@ async def other_method(request: web.Request) -> web.StreamResponse:
     raise web.HTTPMethodNotAllowed(request.method, ["GET"])
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application, *, with_metrics: bool = True) -> None:
     """Every route; each maps its errors to JSON (no middleware: see `publish`). The last,
-    for any method on any path, leaves the router no request to answer by itself."""
+    for any method on any path, leaves the router no request to answer by itself.
+    `with_metrics` False when only the admin listener serves them (--auth protected)."""
     app.router.add_post("/v1/publish", publish)
+    app.router.add_post("/v1/tickets", json_errors(ticket))
+    app.router.add_route("OPTIONS", "/v1/publish", json_errors(preflight))
+    app.router.add_route("OPTIONS", "/v1/tickets", json_errors(preflight))
+    if with_metrics:
+        add_metrics_routes(app)
     for path, handler in (
         ("/", sse.handle),
         ("/events", sse.handle),
         ("/hc", plasma_hc),
         ("/healthz", health),
         ("/readyz", ready),
-        ("/metrics", metrics),
-        ("/metrics/plasma", plasma_metrics),
         ("/{tail:.*}", any_path),
     ):
         app.router.add_get(path, json_errors(handler))
     app.router.add_route("*", "/{tail:.*}", json_errors(other_method))
+
+
+def add_metrics_routes(app: web.Application) -> None:
+    """The operator's endpoints (also all the admin listener serves)."""
+    app.router.add_get("/metrics", json_errors(metrics))
+    app.router.add_get("/metrics/plasma", json_errors(plasma_metrics))

@@ -85,6 +85,16 @@ class HubCollector(Collector):
             yield from broker.metrics()
         if self._hub._ingest is not None:  # Plasma's Redis channels (hub/ingest.py)
             yield from self._hub._ingest.metrics()
+        auth = self._hub.auth
+        if auth is not None:  # --auth protected (hub/auth)
+            denied = CounterMetricFamily(
+                "cachewire_auth_denied",
+                "Requests and streams refused by auth, by reason",
+                labels=["reason"],
+            )
+            for reason in ("missing", "invalid", "expired", "revoked", "insufficient_scope"):
+                denied.add_metric([reason], auth.denied[reason])
+            yield denied
 
 
 def make_registry(hub: Hub) -> CollectorRegistry:

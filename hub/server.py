@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
 from typing import TYPE_CHECKING
@@ -15,18 +16,35 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from cachewire.hub import http_api, sse, telemetry
+from cachewire.hub.auth.service import Auth
 from cachewire.hub.brokers.base import Broker
 from cachewire.hub.brokers.memory import MemoryBroker
 from cachewire.hub.connections import GuardedSite, Limits
 from cachewire.hub.core import Fanout, Pressure
 from cachewire.hub.metrics import make_registry
 from cachewire.hub.settings import HubSettings
+from cachewire.hub.tls import RELOAD_POLL, ServerTls
 
 if TYPE_CHECKING:
     from cachewire.hub.grpc_server import GrpcServer
     from cachewire.hub.ingest import ChannelIngest
 
 log = logging.getLogger("cachewire.hub")
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    sockets = getattr(site._server, "sockets", None)  # asyncio's Server or uvloop's
+    assert sockets
+    return int(sockets[0].getsockname()[1])
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name, or "" (every interface)
 
 
 def make_broker(settings: HubSettings) -> Broker:
@@ -46,10 +64,13 @@ class Hub:
         self.fanout = Fanout(self.broker, s.queue_size, pressure)
         self.registry = make_registry(self)
         self.flusher = sse.Flusher()
+        # None in `--auth off`: then no request does any auth work at all.
+        self.auth = Auth(self.settings) if self.settings.auth == "protected" else None
         self.stopping = False
         self.draining = False  # SIGTERM: not ready, still serving (drain())
         self.http_port = 0
         self.grpc_port: int | None = None
+        self.admin_port: int | None = None
         self._runner: web.AppRunner | None = None
         self.connections = Limits(
             self.settings.max_connections,
@@ -57,6 +78,10 @@ class Hub:
             self.settings.header_timeout,
         )
         self._site: web.TCPSite | None = None
+        self._admin: web.AppRunner | None = None
+        # Certificates are read here: an unreadable one fails before anything listens.
+        s = self.settings
+        self.tls = ServerTls(s.tls_cert, s.tls_key) if s.tls_cert else None
         self._grpc: GrpcServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ingest: ChannelIngest | None = None
@@ -64,7 +89,15 @@ class Hub:
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_body)
         app[sse.HUB] = self
-        http_api.add_routes(app)
+        # Protected: the operator's endpoints only on the admin listener, never on the
+        # port an ingress routes. Off: on both, as Plasma serves them.
+        http_api.add_routes(app, with_metrics=self.auth is None)
+        return app
+
+    def make_admin_app(self) -> web.Application:
+        app = web.Application()
+        app[sse.HUB] = self
+        http_api.add_metrics_routes(app)
         return app
 
     async def start(self) -> None:
@@ -75,6 +108,8 @@ class Hub:
         await self.broker.start(self.fanout.dispatch, self.fanout.reset_all)
         self.fanout.last_id = self.broker.head_id()
         self.fanout.last_pos = self.broker.position(self.fanout.last_id) or (0, 0)
+        if self.auth is not None:  # API keys read and JWKS fetched before the first request
+            await self.auth.start()
         # 2. HTTP: SSE, publish, health, metrics.
         self._runner = web.AppRunner(
             self.make_app(),
@@ -84,14 +119,24 @@ class Hub:
             keepalive_timeout=s.idle_timeout,
         )
         await self._runner.setup()
-        shared = s.workers > 1  # --workers: every worker binds the same ports
+        if self.tls is not None:
+            self._tasks.append(asyncio.create_task(self._reload_tls(self.tls)))
         self._site = GuardedSite(
-            self._runner, s.host, s.http_port, self.connections, reuse_port=shared
+            self._runner,
+            s.host,
+            s.http_port,
+            self.connections,
+            ssl_context=None if self.tls is None else self.tls.ssl_context,
+            reuse_port=s.workers > 1,  # --workers: every worker binds the same ports
         )
         await self._site.start()
-        sockets = getattr(self._site._server, "sockets", None)  # asyncio's Server or uvloop's
-        assert sockets
-        self.http_port = sockets[0].getsockname()[1]
+        self.http_port = _bound_port(self._site)
+        if s.admin_port is not None:
+            self._admin = web.AppRunner(self.make_admin_app(), access_log=None)
+            await self._admin.setup()
+            admin_site = web.TCPSite(self._admin, s.admin_host, s.admin_port, reuse_port=False)
+            await admin_site.start()
+            self.admin_port = _bound_port(admin_site)
         # 3. gRPC: Plasma's StreamService and cachewire's Hub service.
         if s.grpc_port is not None:
             from cachewire.hub.grpc_server import GrpcServer
@@ -107,6 +152,7 @@ class Hub:
         # 5. Heartbeats.
         self._tasks.append(asyncio.create_task(self._beat(s.heartbeat, ("sse",))))
         self._tasks.append(asyncio.create_task(self._beat(s.subscribe_heartbeat, ("grpc",))))
+        self._warn_about_exposure()
         log.info(
             "hub started",
             extra={
@@ -114,8 +160,30 @@ class Hub:
                 "http_port": self.http_port,
                 "grpc_port": self.grpc_port,
                 "broker": s.broker,
+                "auth": s.auth,
+                "admin_port": self.admin_port,
             },
         )
+
+    def _warn_about_exposure(self) -> None:
+        s = self.settings
+        if self.auth is None and not is_loopback(s.host):
+            log.warning(
+                "auth is off and the hub listens beyond loopback: anyone who reaches its "
+                "HTTP or gRPC port may publish, flush every cache and subscribe to every "
+                "type (see --auth protected, docs/security.md)",
+                extra={"host": s.host},
+            )
+        if self.auth is not None and self.admin_port is None:
+            log.warning(
+                "/metrics and /metrics/plasma are not served: with --auth protected they "
+                "are on the admin listener only, and --admin-port is off"
+            )
+
+    async def _reload_tls(self, tls: ServerTls) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_POLL)
+            tls.reload_if_changed()
 
     async def _beat(self, interval: float, kinds: tuple[str, ...]) -> None:
         while True:
@@ -178,7 +246,11 @@ class Hub:
             draining.append(self._grpc.stop(grace))
         if self._runner is not None:
             draining.append(self._runner.cleanup())
+        if self._admin is not None:
+            draining.append(self._admin.cleanup())
         await asyncio.gather(*draining)
+        if self.auth is not None:
+            await self.auth.stop()
         # 4. Channel ingest, heartbeats, then the broker.
         if self._ingest is not None:
             await self._ingest.stop()

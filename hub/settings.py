@@ -29,6 +29,7 @@ from cachewire.common.config import (
 from cachewire.common.loop import LoopKind
 from cachewire.hub.errors import ConfigError
 
+AuthMode = Literal["off", "protected"]
 BrokerKind = Literal["memory", "redis"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 # gRPC's default receive limit (4 MiB), which the sidecar's --max-message-bytes defaults to
@@ -79,6 +80,25 @@ class HubSettings:
     idempotency_window: float = 300.0
     loop: LoopKind = "auto"
     log_level: LogLevel = "info"
+    auth: AuthMode = "off"
+    public_types: tuple[str, ...] = ()
+    jwt_key: str = ""
+    jwt_jwks_url: str = ""
+    jwt_audience: str = "cachewire"
+    jwt_issuer: str = ""
+    api_keys_file: str = ""
+    admin_port: int | None = None
+    admin_host: str = "127.0.0.1"
+    tls_cert: str = ""
+    tls_key: str = ""
+    k8s_token_review: str = "off"
+    k8s_serviceaccount_dir: str = "/var/run/secrets/kubernetes.io/serviceaccount"
+    policy_file: str = ""
+
+    @property
+    def cors_origins(self) -> tuple[str, ...]:
+        """`cors_origin` is a comma list of origins (or `*`)."""
+        return csv(self.cors_origin)
 
     def __post_init__(self) -> None:
         # Every message the hub sends must fit what any gRPC client receives by default.
@@ -119,6 +139,17 @@ def _redis_url(text: str) -> str:
     from cachewire.hub.brokers.redis_link import check_url  # here: redis-py loads only when needed
 
     return check_url(text)
+
+
+def _token_review(text: str) -> str:
+    value = text.lower()
+    if value in ("off", "false", "0", ""):
+        return "off"
+    if value in ("on", "true", "1", "in-cluster"):
+        return "in-cluster"
+    if text.startswith("https://"):
+        return text
+    raise ValueError("must be off, in-cluster or an https:// URL")
 
 
 def _query_name(text: str) -> str:
@@ -182,7 +213,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "cors_origin",
         "--cors-origin",
-        "Access-Control-Allow-Origin value (empty: none)",
+        "comma list of browser origins allowed (`*`: any, for SSE only); publish and "
+        "ticket requests from other origins are refused",
         ("CACHEWIRE_CORS_ORIGIN", "PLASMA_ORIGIN"),
     ),
     Option(
@@ -393,6 +425,95 @@ OPTIONS: tuple[Option, ...] = (
         ("CACHEWIRE_LOG_LEVEL",),
         choice("debug", "info", "warning", "error"),
     ),
+    Option(
+        "auth",
+        "--auth",
+        "off (anyone may publish and subscribe, as in Plasma) or protected (docs/security.md)",
+        ("CACHEWIRE_AUTH",),
+        choice("off", "protected"),
+    ),
+    Option(
+        "public_types",
+        "--public-types",
+        "protected: comma list of type patterns anyone may subscribe to",
+        ("CACHEWIRE_PUBLIC_TYPES",),
+        csv,
+    ),
+    Option(
+        "jwt_key",
+        "--jwt-key",
+        "protected: HS256 secret, or a PEM public key (RS/ES/EdDSA) or a path to one",
+        ("CACHEWIRE_JWT_KEY",),
+    ),
+    Option(
+        "jwt_jwks_url",
+        "--jwt-jwks-url",
+        "protected: URL of a JWKS to verify JWTs with (cached, refreshed)",
+        ("CACHEWIRE_JWT_JWKS_URL",),
+    ),
+    Option(
+        "jwt_audience",
+        "--jwt-audience",
+        "protected: the `aud` a JWT must carry",
+        ("CACHEWIRE_JWT_AUDIENCE",),
+    ),
+    Option(
+        "jwt_issuer",
+        "--jwt-issuer",
+        "protected: the `iss` a JWT must carry (empty: not checked)",
+        ("CACHEWIRE_JWT_ISSUER",),
+    ),
+    Option(
+        "api_keys_file",
+        "--api-keys-file",
+        "protected: TOML file of API-key hashes and their grants (reloaded on change)",
+        ("CACHEWIRE_API_KEYS_FILE",),
+    ),
+    Option(
+        "admin_port",
+        "--admin-port",
+        "admin listener for /metrics and /metrics/plasma (off: none)",
+        ("CACHEWIRE_ADMIN_PORT",),
+        optional_port,
+    ),
+    Option(
+        "admin_host",
+        "--admin-host",
+        "address of the admin listener",
+        ("CACHEWIRE_ADMIN_HOST",),
+    ),
+    Option(
+        "tls_cert",
+        "--tls-cert",
+        "PEM certificate (chain): serve HTTPS and gRPC over TLS (reloaded on change)",
+        ("CACHEWIRE_TLS_CERT",),
+    ),
+    Option(
+        "tls_key",
+        "--tls-key",
+        "PEM private key of --tls-cert",
+        ("CACHEWIRE_TLS_KEY",),
+    ),
+    Option(
+        "k8s_token_review",
+        "--k8s-token-review",
+        "protected: verify service-account tokens with the TokenReview API: off, "
+        "in-cluster, or the API server's https:// URL",
+        ("CACHEWIRE_K8S_TOKEN_REVIEW",),
+        _token_review,
+    ),
+    Option(
+        "k8s_serviceaccount_dir",
+        "--k8s-serviceaccount-dir",
+        "the hub's own service-account token and ca.crt, for TokenReview calls",
+        ("CACHEWIRE_K8S_SERVICEACCOUNT_DIR",),
+    ),
+    Option(
+        "policy_file",
+        "--policy-file",
+        "protected: TOML or YAML mapping service accounts to grants (reloaded on change)",
+        ("CACHEWIRE_POLICY_FILE",),
+    ),
 )
 
 
@@ -439,6 +560,8 @@ def parse(
             raw = None if plasma is None else ("PLASMA_SUBSCRIBER_REDIS_ADDR", plasma)
         if raw is not None:
             values[opt.field] = convert(opt.convert, raw, ConfigError)
+    if bool(values.get("tls_cert")) != bool(values.get("tls_key")):
+        raise ConfigError("--tls-cert and --tls-key go together")
     settings = cls(**values)
     _check_cluster(settings)
     return settings

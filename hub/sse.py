@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from cachewire.hub.auth.decide import ANONYMOUS
+from cachewire.hub.auth.transport import http_credentials
 from cachewire.hub.brokers.base import ResetReason
-from cachewire.hub.core import Pressure, Tracked
-from cachewire.hub.errors import HubError, InvalidInput
+from cachewire.hub.core import Pressure, Subscription, Tracked
+from cachewire.hub.errors import Denied, HubError, InvalidInput
 from cachewire.hub.events import RESET_TYPE, Event, as_chunk, parse_topics
 
 if TYPE_CHECKING:
@@ -32,6 +34,16 @@ log = logging.getLogger("cachewire.hub.sse")
 HUB: web.AppKey[Hub] = web.AppKey("hub")
 
 HEARTBEAT = b": heartbeat\n\n"
+REAUTH_TYPE = "cachewire:reauth"
+# Sent before the hub ends a stream whose credential expired or lost its grant: the client
+# gets a fresh cookie or ticket and reconnects with Last-Event-ID (nothing is lost).
+REAUTH_FRAME = (
+    b"event: "
+    + REAUTH_TYPE.encode()
+    + b'\ndata: {"meta":{"type":"'
+    + REAUTH_TYPE.encode()
+    + b'"}}\n\n'
+)
 # Bytes a subscriber's socket may hold unsent before we stop writing to it.
 TRANSPORT_LIMIT = 256 * 1024
 STALLED_RETRY = 0.05
@@ -161,6 +173,11 @@ class SseSink(Tracked):
         if not self._pending:  # pending frames keep the stream alive already
             self.send_frame(HEARTBEAT)
 
+    def reauth(self, resume_from: str | None) -> None:
+        """The credential expired or lost its grant: say so, then end the stream."""
+        self.send_frame(reauth_frame(resume_from))
+        self.close()
+
     def close(self) -> None:
         self.flush(force=True)
         if not self.done.done():
@@ -226,6 +243,18 @@ def reset_frame(reason: str, detail: str, resume_from: str | None) -> bytes:
     return f"{id_line}data: {body}\n\n".encode()
 
 
+def reauth_frame(resume_from: str | None) -> bytes:
+    """`event: cachewire:reauth`, sent before the hub ends a stream whose credential expired
+    or lost its grant; the client gets a fresh cookie or ticket and reconnects from its id.
+
+    Its id, when given, is the head when it was queued: every matching event up to there
+    was queued before it, so a client that has seen no event since it connected still
+    resumes without a gap."""
+    id_line = f"id: {resume_from}\n" if resume_from else ""
+    data = json.dumps({"meta": {"type": REAUTH_TYPE}}, separators=(",", ":"))
+    return f"{id_line}event: {REAUTH_TYPE}\ndata: {data}\n\n".encode()
+
+
 def topics_from_query(
     request: web.Request, query_name: str, limit: int | None = None
 ) -> frozenset[str]:
@@ -249,6 +278,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
     fanout, settings, flusher = hub.fanout, hub.settings, hub.flusher
     topics = topics_from_query(request, settings.sse_event_query, settings.max_topics)
     last_id = _last_event_id(request)
+    auth = hub.auth
+    principal = ANONYMOUS
+    if auth is not None:  # before any byte of the stream: refusals are 401/403 with JSON
+        principal = await auth.check_subscribe(http_credentials(request, browser=True), topics)
 
     response = web.StreamResponse(
         headers={
@@ -258,7 +291,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         }
     )
     if settings.cors_origin:
-        response.headers["Access-Control-Allow-Origin"] = settings.cors_origin
+        _allow_origin(request, response, settings.cors_origins, credentials=auth is not None)
     if request.method == "HEAD":
         return response  # the headers a GET would get, and no stream
     response.force_close()  # a stream's connection is never reused for another request
@@ -273,27 +306,68 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if last_id is None:
         # An id-only frame dispatches nothing but gives the client a position to resume from.
         sink.send_frame(f"id: {fanout.last_id}\n\n".encode())
-    peer = request.remote
-    started = time.monotonic()
     log.info(
         "sse connection opened",
-        extra={"peer": peer, "topics": sorted(topics), "last_event_id": last_id},
+        extra={"peer": request.remote, "topics": sorted(topics), "last_event_id": last_id},
     )
+    holder: list[Subscription] = []
+
+    def end(exc: Denied) -> None:
+        # While a resume still replays, the head is no position this client has reached.
+        live = bool(holder) and holder[0].live
+        sink.reauth(fanout.last_id if live else last_id)
+
+    watch = None if auth is None else auth.watch(principal, topics, end)
     try:
-        sub = await fanout.subscribe(topics, sink, last_id)
-    except HubError as exc:  # e.g. the broker cannot replay now: the client retries
-        log.warning("sse resume failed", extra={"peer": peer, "error": str(exc)})
-    else:
-        try:
-            await sink.done
-        finally:  # also when the client went away (aiohttp cancels the handler)
-            fanout.unsubscribe(sub)
-            log.info(
-                "sse connection closed",
-                extra={"peer": peer, "seconds": round(time.monotonic() - started, 3)},
-            )
+        await _serve(request, sink, topics, last_id, holder)
+    finally:
+        if auth is not None and watch is not None:
+            auth.unwatch(watch)
     await _finish(request, response, sink, settings.grace)
     return response
+
+
+async def _serve(
+    request: web.Request,
+    sink: SseSink,
+    topics: frozenset[str],
+    last_id: str | None,
+    holder: list[Subscription],
+) -> None:
+    """Subscribe the sink and wait until its stream ends (or the client goes away)."""
+    fanout, peer, started = request.app[HUB].fanout, request.remote, time.monotonic()
+    try:
+        sub = await fanout.subscribe(topics, sink, last_id)
+        holder.append(sub)
+    except HubError as exc:  # e.g. the broker cannot replay now: the client retries
+        log.warning("sse resume failed", extra={"peer": peer, "error": str(exc)})
+        return
+    try:
+        await sink.done
+    finally:  # also when the client went away (aiohttp cancels the handler)
+        fanout.unsubscribe(sub)
+        log.info(
+            "sse connection closed",
+            extra={"peer": peer, "seconds": round(time.monotonic() - started, 3)},
+        )
+
+
+def _allow_origin(
+    request: web.Request, response: web.StreamResponse, allowed: tuple[str, ...], credentials: bool
+) -> None:
+    """One configured value is sent as is (Plasma's PLASMA_ORIGIN); from a list, the
+    request's Origin when listed. Cookies cross origins only to a listed origin."""
+    origin = request.headers.get("Origin")
+    if len(allowed) == 1:
+        value: str | None = allowed[0]
+    else:
+        value = origin if origin in allowed else ("*" if "*" in allowed else None)
+        response.headers["Vary"] = "Origin"
+    if value is None:
+        return
+    response.headers["Access-Control-Allow-Origin"] = value
+    if credentials and value != "*":
+        response.headers["Access-Control-Allow-Credentials"] = "true"
 
 
 async def _finish(

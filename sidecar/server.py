@@ -24,7 +24,7 @@ from cachewire.sidecar.sinks.base import Sink
 from cachewire.sidecar.state import Slot
 from cachewire.sidecar.statefile import StateWriter
 from cachewire.sidecar.statefile import load as load_state
-from cachewire.sidecar.stream import StreamClient
+from cachewire.sidecar.stream import HubAccess, StreamClient
 
 log = logging.getLogger("cachewire.sidecar")
 
@@ -107,6 +107,7 @@ class Sidecar:
             idle_timeout=s.max_staleness,
             max_message_bytes=s.max_message_bytes,
             on_reconnect=self.metrics.reconnects.inc,
+            access=HubAccess(s.hub_tls_ca, s.hub_tls_server_name, s.token_file),
         )
         self.health = HealthServer(self)
         self.health_port = 0

@@ -43,6 +43,9 @@ ENV_PREFIX = "CACHEWIRE_SIDECAR_"
 @dataclass(frozen=True, slots=True)
 class SidecarSettings:
     hub: str = "127.0.0.1:50051"
+    token_file: str = ""
+    hub_tls_ca: str = ""
+    hub_tls_server_name: str = ""
     topics: tuple[str, ...] = ()
     config: str = ""
     memcached: str = ""
@@ -202,6 +205,21 @@ def _http_url(text: str) -> str:
 
 OPTIONS: tuple[Option, ...] = (
     Option("hub", "--hub", "the hub's gRPC address, HOST:PORT", _hostport),
+    Option(
+        "token_file",
+        "--token-file",
+        "file holding the bearer token sent to the hub (re-read on every reconnect)",
+    ),
+    Option(
+        "hub_tls_ca",
+        "--hub-tls-ca",
+        "PEM CA bundle: connect to the hub over TLS, verifying it with these CAs",
+    ),
+    Option(
+        "hub_tls_server_name",
+        "--hub-tls-server-name",
+        "the name the hub's certificate must carry (default: the host of --hub)",
+    ),
     Option("topics", "--topics", "comma list of topics to subscribe to (required)", _topics),
     Option("config", "--config", "TOML file with settings and [[rules]]"),
     Option("memcached", "--memcached", "memcached to guard, HOST:PORT", _optional_hostport),

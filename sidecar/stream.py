@@ -16,8 +16,10 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
 import grpc
 
@@ -49,6 +51,35 @@ class Listener(Protocol):
     def resume_id(self) -> str: ...
 
 
+@dataclass(frozen=True)
+class HubAccess:
+    """How to reach the hub: TLS (a CA bundle, an expected name) and a bearer token file.
+
+    The token file is read on every (re)connect: Kubernetes rotates projected
+    service-account tokens in place, and a hub that ended the stream because the token
+    expired is answered by the next attempt with the new one, resuming from the cursor.
+    """
+
+    tls_ca: str = ""
+    tls_server_name: str = ""
+    token_file: str = ""
+
+    def channel(self, target: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+        if not self.tls_ca:
+            return grpc.aio.insecure_channel(target, options=options)
+        creds = grpc.ssl_channel_credentials(root_certificates=Path(self.tls_ca).read_bytes())
+        opts = list(options)
+        if self.tls_server_name:
+            opts.append(("grpc.ssl_target_name_override", self.tls_server_name))
+        return grpc.aio.secure_channel(target, creds, opts)
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        if not self.token_file:
+            return ()
+        token = Path(self.token_file).read_text().strip()
+        return (("authorization", f"Bearer {token}"),) if token else ()
+
+
 def to_invalidation(event: hub_pb2.Event) -> Invalidation:
     return Invalidation(
         id=event.id,
@@ -76,8 +107,10 @@ class StreamClient:
         max_message_bytes: int = 4 << 20,
         on_reconnect: Callable[[], None] | None = None,
         rng: random.Random | None = None,
+        access: HubAccess | None = None,
     ) -> None:
         self.target = target
+        self.access = access or HubAccess()
         self.topics = topics
         self.listener = listener
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
@@ -121,9 +154,15 @@ class StreamClient:
         request = hub_pb2.SubscribeRequest(topics=list(self.topics), resume_from=resume)
         live = False
         loop = asyncio.get_running_loop()
-        async with grpc.aio.insecure_channel(self.target, options=self.options) as channel:
+        try:
+            metadata = self.access.metadata()
+            channel = self.access.channel(self.target, self.options)
+        except OSError as exc:  # a token or CA file missing: retried after the backoff
+            log.error("cannot read the hub credentials", extra={"error": str(exc)})
+            return False
+        async with channel:
             stub = hub_pb2_grpc.HubStub(channel)  # type: ignore[no-untyped-call]
-            call = stub.Subscribe(request)
+            call = stub.Subscribe(request, metadata=metadata)
             try:
                 async with asyncio.timeout(self.idle_timeout) as idle:
                     async for message in call:

@@ -13,6 +13,7 @@ import random
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -74,9 +75,9 @@ def port_answers(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-def http_ok(url: str) -> bool:
+def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=0.5) as resp:
+        with urllib.request.urlopen(url, timeout=0.5, context=context) as resp:
             return bool(resp.status == 200)
     except OSError:
         return False
@@ -164,10 +165,12 @@ def start_hub(
     grpc_port: int | None = None,
     probe: str = "/readyz",
     exe: Path = BIN / "cachewire",
+    tls_ca: ssl.SSLContext | None = None,
 ) -> Proc:
     """`cachewire hub` as a user runs it, on free ports; returns once `probe` answers 200.
 
-    `exe` is the `cachewire` command to run (another install's, for the wheel test)."""
+    `exe` is the `cachewire` command to run (another install's, for the wheel test);
+    `tls_ca`, a client context trusting its certificate: the probe goes over HTTPS."""
     http_port = http_port or free_port()
     argv = [str(exe), "hub", "--http-port", str(http_port)]
     if "--drain-delay" not in args and "CACHEWIRE_DRAIN_DELAY" not in (env or {}):
@@ -185,7 +188,8 @@ def start_hub(
     def ready() -> bool:
         if popen.poll() is not None:
             raise RuntimeError(f"cachewire-hub exited {popen.returncode}:\n{proc.log()}")
-        return http_ok(f"http://127.0.0.1:{http_port}{probe}") and (
+        scheme = "http" if tls_ca is None else "https"
+        return http_ok(f"{scheme}://127.0.0.1:{http_port}{probe}", tls_ca) and (
             not grpc or port_answers(ports["grpc"])
         )
 

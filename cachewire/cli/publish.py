@@ -34,7 +34,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from cachewire.publish import Publisher, PublishError, Refused
@@ -107,6 +107,13 @@ def parse_args(argv: Sequence[str], prog: str = "cachewire publish") -> argparse
     parser.add_argument("--every", type=float, default=0.0, help="seconds between events")
     parser.add_argument("--count", type=int, default=1, help="events to send (0: forever)")
     parser.add_argument(
+        "--token-file",
+        default=os.environ.get("CACHEWIRE_TOKEN_FILE"),
+        help="a hub with --auth protected: file holding the bearer token (JWT) to send; "
+        "or the token itself in CACHEWIRE_TOKEN, or an API key in CACHEWIRE_API_KEY "
+        "(never on the command line) [env: CACHEWIRE_TOKEN_FILE]",
+    )
+    parser.add_argument(
         "--retry-for",
         type=float,
         default=10.0,
@@ -121,6 +128,19 @@ def parse_args(argv: Sequence[str], prog: str = "cachewire publish") -> argparse
     if args.count < 0 or args.every < 0 or args.retry_for < 0:
         parser.error("--count, --every and --retry-for must not be negative")
     return args
+
+
+def credentials(token_file: str | None, env: Mapping[str, str]) -> dict[str, str]:
+    """Headers (gRPC metadata too: lower case) carrying the publisher's credential."""
+    token = env.get("CACHEWIRE_TOKEN", "")
+    if token_file:
+        with open(token_file) as f:
+            token = f.read().strip()
+    if token:
+        return {"authorization": f"Bearer {token}"}
+    if env.get("CACHEWIRE_API_KEY"):
+        return {"x-api-key": env["CACHEWIRE_API_KEY"]}
+    return {}
 
 
 def _printer(
@@ -140,7 +160,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "cachewire publish") -> 
     args = parse_args(sys.argv[1:] if argv is None else argv, prog)
     events = from_flags(args) if args.type else from_lines(iter(sys.stdin))
     try:
-        publisher = Publisher(args.hub_url, retry_for=args.retry_for, timeout=10.0)
+        headers = credentials(args.token_file, os.environ)
+    except OSError as exc:
+        print(f"{prog}: --token-file: {exc}", file=sys.stderr)
+        return 2
+    try:
+        publisher = Publisher(args.hub_url, retry_for=args.retry_for, timeout=10.0, headers=headers)
     except ValueError as exc:
         print(f"{prog}: --hub-url: {exc}", file=sys.stderr)
         return 2

@@ -4,8 +4,9 @@ Every `publish` call queues one event (encoded once, for the chosen transport) a
 for its id. One sender task takes what is queued — after a linger of `linger` seconds when
 it was idle, at once when requests were queued while it was sending — up to `max_batch`
 events or `max_batch_bytes`, and sends it as one request under a fresh idempotency key.
-Only one request is in flight at a time, so events are stored in the order `publish` was
-called; while it is in flight, the next batch fills.
+By default only one request is in flight at a time, so events are stored in the order
+`publish` was called; while it is in flight, the next batch fills. `max_in_flight` > 1
+sends several at once (for long round trips), giving up that order between requests.
 
 A failed attempt (timeout, dropped connection, 5xx, 429, gRPC UNAVAILABLE or
 RESOURCE_EXHAUSTED) is retried with the same key, after a capped exponential backoff or
@@ -41,6 +42,9 @@ class Options:
     linger: float = 0.001  # seconds an idle sender waits for more events to join a batch
     max_batch: int = 500  # events in one request
     max_batch_bytes: int = 512 * 1024  # encoded bytes in one request (the hub's --max-body: 1 MiB)
+    # Requests in flight at once. 1 keeps events in call order; more lift the rate when
+    # round trips are long, but then requests (each all or nothing) may be stored out of order.
+    max_in_flight: int = 1
     timeout: float = 5.0  # seconds one attempt may take
     retry_for: float = 30.0  # seconds of retries before Unreachable (0: one attempt)
     backoff_base: float = 0.05  # first retry delay, seconds (doubling, jittered)
@@ -166,14 +170,37 @@ class AsyncPublisher:
     async def _run(self) -> None:
         assert self._wake is not None and self._idle is not None
         opts = self.options
+        slots = asyncio.Semaphore(opts.max_in_flight)
+        in_flight: set[asyncio.Task[None]] = set()
         while True:
             if not self._queue:
-                self._idle.set()
+                if not in_flight:
+                    self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()
                 if opts.linger > 0 and len(self._queue) < opts.max_batch:
                     await asyncio.sleep(opts.linger)  # the linger: let concurrent calls join
-            await self._send(self._take())
+            if opts.max_in_flight == 1:
+                await self._send(self._take())  # one at a time: stored in call order
+                continue
+            await slots.acquire()
+            if not self._queue:  # a retry's wake-up, or taken meanwhile
+                slots.release()
+                continue
+            task = asyncio.create_task(self._send(self._take()))
+            in_flight.add(task)
+            task.add_done_callback(lambda t: self._sent(t, in_flight, slots))
+
+    def _sent(
+        self, task: asyncio.Task[None], in_flight: set[asyncio.Task[None]], slots: asyncio.Semaphore
+    ) -> None:
+        """A concurrent request ended: free its slot; idle when nothing is left."""
+        in_flight.discard(task)
+        slots.release()
+        assert self._wake is not None and self._idle is not None
+        if not in_flight and not self._queue:
+            self._idle.set()
+        self._wake.set()  # the loop takes the next batch, or notices it is idle
 
     def _take(self) -> list[Item]:
         """The head of the queue, up to max_batch events and max_batch_bytes (at least one)."""

@@ -149,6 +149,8 @@ class Writer(threading.Thread):
                 text=True,
             )
             self._cli_port = port
+            with contextlib.suppress(OSError):  # warm: a first line answered means it runs
+                self._publish_cli(port, {"type": "user:warm-up"})
 
     def _publish_cli(self, port: int, event: dict[str, object]) -> str:
         """One line to the running `cachewire publish` (NDJSON on stdin); its id on stdout."""

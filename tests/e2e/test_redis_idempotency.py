@@ -13,10 +13,12 @@ import grpc
 import pytest
 import redis
 
+from cachewire.hub.settings import HubSettings
 from cachewire.v1 import hub_pb2, hub_pb2_grpc
 from tests.servers import Proc, start_hub, start_redis
 
 TIMEOUT = 20.0
+STREAM = HubSettings().redis_stream  # the default stream key
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,7 @@ def cluster() -> Iterator[tuple[Proc, list[Proc]]]:
 
 def stream_length(server: Proc) -> int:
     with redis.Redis(port=server.port) as client:
-        return int(client.xlen("{cachewire}:events"))
+        return int(client.xlen(STREAM))
 
 
 async def post(hub: Proc, body: Any, key: str) -> dict[str, Any]:
@@ -64,8 +66,8 @@ async def test_a_retry_on_another_replica_answers_the_first_ids(
     assert again == first
     assert stream_length(server) == length
     with redis.Redis(port=server.port, decode_responses=True) as client:
-        assert client.get("{cachewire}:events:idem:move-1") == " ".join(first["ids"])
-        assert 0 < client.pttl("{cachewire}:events:idem:move-1") <= 300_000
+        assert client.get(f"{STREAM}:idem:move-1") == " ".join(first["ids"])
+        assert 0 < client.pttl(f"{STREAM}:idem:move-1") <= 300_000
 
 
 async def test_concurrent_retries_on_both_replicas_store_once(

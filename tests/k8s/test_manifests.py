@@ -3,11 +3,13 @@ promises (probes, restricted security, drain time, ports, secrets, webhook setti
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from cachewire.k8s.inject import inject
+from cachewire.k8s.workloads import TEMPLATE_PATHS
 from tests.k8s import golden
 from tests.k8s.manifests import check, containers, find, names, rendered
 
@@ -150,3 +152,43 @@ def test_sidecar_component_matches_inject() -> None:
     web = find(docs, "Deployment", "web")["spec"]["template"]
     assert web["metadata"]["labels"]["cachewire.io/injected"] == "true"
     assert web["spec"]["volumes"] == ours["spec"]["volumes"]
+
+
+# Secrets the user (or cert-manager) creates; every other reference must be rendered.
+EXTERNAL_SECRETS = {"cachewire-redis", "cachewire-jwt", "cachewire-injector-cert"}
+
+
+def references(doc: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(kind, name) of every ConfigMap and Secret a workload's pod template refers to."""
+    spec: Any = doc
+    for key in (*TEMPLATE_PATHS.get(doc["kind"], ("?",)), "spec"):
+        spec = spec.get(key, {}) if isinstance(spec, dict) else {}
+    for volume in spec.get("volumes") or []:
+        if "configMap" in volume:
+            yield "ConfigMap", volume["configMap"]["name"]
+        if "secret" in volume:
+            yield "Secret", volume["secret"]["secretName"]
+    for container in containers(doc):
+        for source in container.get("envFrom") or []:
+            if "configMapRef" in source:
+                yield "ConfigMap", source["configMapRef"]["name"]
+        for var in container.get("env") or []:
+            ref = var.get("valueFrom") or {}
+            if "secretKeyRef" in ref:
+                yield "Secret", ref["secretKeyRef"]["name"]
+            if "configMapKeyRef" in ref:
+                yield "ConfigMap", ref["configMapKeyRef"]["name"]
+
+
+@pytest.mark.parametrize("name", names())
+def test_every_configmap_and_secret_referenced_is_rendered(name: str) -> None:
+    """Catches a generated (hash-suffixed) name the references did not follow."""
+    docs = rendered(name)
+    present = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    missing = {
+        ref
+        for doc in docs
+        for ref in references(doc)
+        if ref not in present and not (ref[0] == "Secret" and ref[1] in EXTERNAL_SECRETS)
+    }
+    assert missing == set()

@@ -26,6 +26,8 @@ async def request(
 ) -> tuple[int, str, str]:
     """(status, content type, body text) of one real HTTP request."""
     url = f"http://127.0.0.1:{hub.http_port}{path}"
+    if data is not None:  # publish takes JSON bodies only (415 otherwise: cross-site safety)
+        headers = {"Content-Type": "application/json", **(headers or {})}
     body: Any = data
     if chunked and data is not None:
         payload = data

@@ -154,3 +154,15 @@ async def test_the_blocking_publisher_is_shared_by_threads(hub: Hub) -> None:
 def test_a_bad_url_is_refused_at_once() -> None:
     with pytest.raises(ValueError, match="must start with http://"):
         AsyncPublisher("hub:8080")
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+async def test_several_requests_in_flight_publish_everything_once(hub: Hub, transport: str) -> None:
+    before = hub.broker.head_id()
+    async with AsyncPublisher(url(hub, transport), max_in_flight=4, max_batch=20) as publisher:
+        ids = await asyncio.gather(*(publisher.publish(f"f:{i}") for i in range(300)))
+        await publisher.drain()
+        assert publisher.requests >= 15
+    stored = await history(hub, before)
+    assert sorted(e.id for e in stored) == sorted(ids) and len(set(ids)) == 300
+    assert sorted(e.type for e in stored) == sorted(f"f:{i}" for i in range(300))
