@@ -20,6 +20,7 @@ TOOLS = os.environ.get("CACHEWIRE_BENCH_TOOLS", "")
 SIDE_BY_SIDE = bool(TOOLS) and bool(shutil.which("go")) and bool(shutil.which("nginx"))
 
 SMOKE = {
+    "auth_bench.py": ["--rounds", "1", "--requests", "50", "--clients", "2", "--markdown"],
     "publish_bench.py": ["--smoke", *(["--tools", TOOLS] if SIDE_BY_SIDE else [])],
     "tracing_bench.py": ["--rounds", "1", "--requests", "20", "--batch", "5",
                          "--subscribers", "1", "--concurrency", "2"],
