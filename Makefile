@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := redis-server memcached chromium libfaketime
 
 .PHONY: install system-deps run readme proto proto-check lint format typecheck pytest test check \
-	bench lock lock-upgrade lock-check check-latest dist k8s-check image-check chaos soak fuzz
+	bench bench-delivery lock lock-upgrade lock-check check-latest dist k8s-check image-check chaos soak fuzz
 
 system-deps:  ## Debian packages the tests use: redis-server, memcached, chromium, libfaketime
 	@if ! command -v redis-server >/dev/null || ! command -v memcached >/dev/null \
@@ -85,6 +85,20 @@ test: system-deps install pytest  ## install what the tests need, then run them
 bench: install  ## publish path side by side with nginx+nchan (< 10 min); TOOLS= the Go load generators' folder
 	@test -n "$(TOOLS)" || { echo "usage: make bench TOOLS=DIR (DIR holds pubbench/, ssebench/, peers/nchan/nginx.conf)"; exit 2; }
 	$(PY) bench/publish_bench.py --tools $(TOOLS) --rounds 3
+	$(MAKE) bench-delivery GRPCBENCH=$(TOOLS)/grpcbench/grpcbench.py
+
+# The delivery benchmarks (bench/RESULTS.md, "Delivery under load"), < 5 minutes. GRPCBENCH:
+# grpcbench's HTTP/2 client for the Plasma rows; without it bench/delivery_bench.py uses its
+# grpc.aio stand-in (a smoke run: that generator, not the hub, is then the limit).
+GRPCBENCH ?=
+bench-delivery: install
+	timeout 300 sh -c '\
+	$(PY) bench/delivery_bench.py plasma --targets held public --events 1000 --rounds 1 \
+		--grpcbench "$(GRPCBENCH)" && \
+	$(PY) bench/delivery_bench.py burst --targets held --burst 20000 --rounds 1 \
+		--grpcbench "$(GRPCBENCH)" && \
+	$(PY) bench/pipeline_bench.py latency --rates 1000 5000 --seconds 3 --rounds 1 && \
+	$(PY) bench/pipeline_bench.py throughput --events 100000 --rounds 1'
 
 # kubectl from PATH (1.32 or later: kustomize components), else the pinned wheel from PyPI.
 KUBECTL ?= $(shell command -v kubectl || echo $(BIN)/kubectl)

@@ -81,6 +81,7 @@ SCENARIOS = (
     Scenario("1000x1000@max/100", 1000, 1000, 50_000, None, batch=100),
     Scenario("5000x5000@max/100", 5000, 5000, 50_000, None, batch=100),
 )
+SMOKE = Scenario("smoke", 10, 1, 50, None)  # --smoke: the test suite's run of this script
 
 
 # --- the hub process ---
@@ -485,6 +486,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--readers", type=int, default=2, help="reader processes")
     parser.add_argument("--publishers", type=int, default=4, help="POSTs in flight at max rate")
     parser.add_argument("--no-pin", action="store_true", help="do not pin hub and load to cores")
+    parser.add_argument("--smoke", action="store_true", help="one tiny scenario (a smoke run)")
     parser.add_argument(
         "--server",
         choices=("cachewire", "nchan"),
@@ -497,6 +499,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 5,000 sockets and more
     scenarios = [s for s in SCENARIOS if not args.only or s.name in args.only]
+    if args.smoke:
+        scenarios = [SMOKE]
     if SERVER == "nchan":  # nchan publishes one message per POST
         scenarios = [s for s in scenarios if s.batch == 1]
     when = time.strftime("%Y-%m-%d %H:%M")

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from cachewire.common import logs
 from cachewire.common.loop import loop_factory, run, running_kind
+from cachewire.hub import workers
 from cachewire.hub.errors import ConfigError
 from cachewire.hub.server import Hub
 from cachewire.hub.settings import HubSettings, parse
@@ -46,8 +47,11 @@ async def serve(settings: HubSettings) -> None:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "cachewire-hub") -> None:
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        settings = parse(HubSettings, sys.argv[1:] if argv is None else argv, prog=prog)
+        settings = parse(HubSettings, argv, prog=prog)
+        if settings.workers > 1:
+            workers.check(settings)
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -57,6 +61,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "cachewire-hub") -> None
         print(f"{prog}: --loop uvloop: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     logs.setup(settings.log_level)
+    if settings.workers > 1 and not workers.is_worker():
+        raise SystemExit(workers.supervise(settings, argv))
     try:
         run(serve(settings), settings.loop)
     except ConfigError as exc:  # found at start-up: a key, certificate or keys file

@@ -140,7 +140,7 @@ class Guard(asyncio.Protocol):
                     "from_peer": self._limits.by_client[self._client],
                 },
             )
-            transport.write(closing_response(refused))
+            self._transport.write(closing_response(refused))
             transport.close()
             return
         self._admitted = True
@@ -209,9 +209,11 @@ class GuardedSite(web.TCPSite):
         port: int,
         limits: Limits,
         ssl_context: ssl.SSLContext | None = None,
+        reuse_port: bool = False,  # --workers: every worker binds the same port
     ) -> None:
-        super().__init__(runner, host, port, reuse_port=False, ssl_context=ssl_context)
+        super().__init__(runner, host, port, reuse_port=reuse_port, ssl_context=ssl_context)
         self.limits = limits
+        self._reuse = reuse_port
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
@@ -225,6 +227,10 @@ class GuardedSite(web.TCPSite):
             return Guard(JsonErrors(server, loop=loop, **kwargs), limits)
 
         self._server = await loop.create_server(
-            factory, self._host, self._port, ssl=self._ssl_context
+            factory,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            reuse_port=self._reuse or None,
         )
         self._bound_port = self._server.sockets[0].getsockname()[1]

@@ -5,17 +5,139 @@ No I/O here. A transport (SSE, gRPC) implements `Sink` and registers it with `su
 each `:` prefix of the type in the index (cost grows with the depth of the type, not with
 the number of topics or subscribers), and hands the one shared `Event` to every matching
 sink once, however many of its topics match.
+
+`Pressure` is the hub's back-pressure (docs/hub.md, "Overload"): when most subscribers
+are behind, the hub's own fan-out is the bottleneck, so publishers wait (`admit`) instead
+of every subscriber being dropped; a subscriber is dropped as slow only when it is behind
+the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 from cachewire.hub.brokers.base import Broker, Replay, ResetReason
+from cachewire.hub.errors import Overloaded
 from cachewire.hub.events import Event, Position, matches, type_prefixes
+
+# A lagging subscriber that has taken nothing from its queue for this long is held up by
+# its client (a full socket or HTTP/2 window), not by the hub: it does not make the hub
+# "behind" (it is dropped as a slow consumer instead, alone).
+STALLED_AFTER = 0.5
+# While a publish waits, how often "behind" is re-checked (subscribers go stale silently).
+RECHECK = 0.05
+
+
+class Pressure:
+    """Whether the hub itself is behind, and the wait it imposes on publishers.
+
+    A subscriber *lags* once `threshold` of its events wait undelivered, until it is back
+    to half that (hysteresis: no flapping at the edge). The hub is *behind* while more than
+    half of its subscribers lag and are still being written to (their queue moved within
+    STALLED_AFTER): then the fan-out, not the clients, cannot keep up, and publishers wait
+    (at most `wait` seconds, then `Overloaded`). Sinks report crossings through `Tracked`,
+    so with few laggards the test is O(1); only during an overload does it look at them.
+    """
+
+    def __init__(self, threshold: int, wait: float) -> None:
+        self.threshold = threshold
+        self.low = threshold // 2
+        self.wait = wait
+        self.lagging: set[Tracked] = set()
+        self.subscribers = 0
+        self.waited = 0  # publishes that had to wait
+        self.refused = 0  # publishes refused after waiting `wait` seconds
+        self._eased = asyncio.Event()
+        self._behind = False
+        self._checked = -1.0  # monotonic time of the last look at the laggards; -1: stale
+
+    @property
+    def behind(self) -> bool:
+        if len(self.lagging) * 2 <= self.subscribers:
+            return False
+        now = time.monotonic()
+        if self._checked < 0 or now - self._checked >= RECHECK:
+            recent = now - STALLED_AFTER
+            moving = sum(1 for t in self.lagging if t.drained_at >= recent)
+            self._behind, self._checked = moving * 2 > self.subscribers, now
+        return self._behind
+
+    def lag(self, sink: Tracked, lagging: bool) -> None:
+        if lagging:
+            self.lagging.add(sink)
+        else:
+            self.lagging.discard(sink)
+            self._eased.set()
+        self._checked = -1.0
+
+    def counted(self, subscribers: int) -> None:
+        self.subscribers = subscribers
+        self._checked = -1.0
+        self._eased.set()
+
+    async def admit(self) -> None:
+        """Return at once unless the hub is behind; then wait, or raise Overloaded."""
+        if not self.behind:
+            return
+        self.waited += 1
+        deadline = time.monotonic() + self.wait
+        while self.behind:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.refused += 1
+                raise Overloaded(
+                    f"the hub is behind delivering to its subscribers ({len(self.lagging)} of "
+                    f"{self.subscribers} hold {self.threshold} or more events); retry later"
+                )
+            self._eased.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, RECHECK)):
+                    await self._eased.wait()
+
+
+class Tracked:
+    """A sink's side of `Pressure`: `_grew(n)` when a put reaches the threshold, `_shrank(n)`
+    when a write takes from the queue while lagging; so it costs nothing otherwise."""
+
+    pressure: Pressure | None = None
+    lagging = False
+    drained_at = 0.0  # monotonic time its queue last moved, kept while lagging
+
+    def watch(self, pressure: Pressure | None) -> None:
+        """Report to `pressure` from now on (None: stop, and no longer count as lagging)."""
+        if self.lagging and self.pressure is not None:
+            self.pressure.lag(self, False)
+        self.pressure, self.lagging = pressure, False
+
+    def _grew(self, n: int) -> None:
+        """After a put: `n` events wait (called once `n` reaches the threshold)."""
+        p = self.pressure
+        if p is not None and not self.lagging and n >= p.threshold:
+            self.lagging, self.drained_at = True, time.monotonic()
+            p.lag(self, True)
+
+    def _shrank(self, n: int) -> None:
+        """After a write took from the queue (called while lagging): `n` events wait."""
+        p = self.pressure
+        if p is not None:
+            self.drained_at = time.monotonic()
+            if n <= p.low:
+                self.lagging = False
+                p.lag(self, False)
+
+    def _over(self, n: int, limit: int) -> bool:
+        """Whether `n` undelivered events make this sink a slow consumer: `limit` (its queue
+        size) while it is behind the rest, twice that while the hub is behind (publishers
+        are held then, so queues stop growing)."""
+        if n < limit:
+            return False
+        p = self.pressure
+        return p is None or not p.behind or n >= 2 * limit
 
 
 class Sink(Protocol):
@@ -36,6 +158,10 @@ class Sink(Protocol):
         ...
 
     def heartbeat(self, head_id: str) -> None: ...
+
+    def watch(self, pressure: Pressure | None) -> None:
+        """Report the backlog to `pressure` (see `Tracked`); None when unsubscribed."""
+        ...
 
     def close(self) -> None:
         """End the stream (after a slow-consumer reset, or at shutdown)."""
@@ -94,9 +220,15 @@ class Subscription:
 
 
 class Fanout:
-    def __init__(self, broker: Broker, queue_size: int = 10_000) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        queue_size: int = 10_000,
+        pressure: Pressure | None = None,
+    ) -> None:
         self.broker = broker
         self.queue_size = queue_size
+        self.pressure = pressure or Pressure(max(1, queue_size // 10), 5.0)
         self._index: dict[str, set[Subscription]] = {}
         self._subs: set[Subscription] = set()
         self.last_id = broker.head_id()
@@ -174,6 +306,8 @@ class Fanout:
         for topic in sub.topics:
             self._index.setdefault(topic, set()).add(sub)
         self._subs.add(sub)
+        sub.sink.watch(self.pressure)
+        self.pressure.counted(len(self._subs))
         self._changed.set()
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -182,6 +316,8 @@ class Fanout:
         sub.closed = True
         self._remove_from_index(sub)
         self._subs.discard(sub)
+        sub.sink.watch(None)
+        self.pressure.counted(len(self._subs))
         self._changed.set()
 
     def retopic(self, sub: Subscription, topics: frozenset[str]) -> None:
@@ -217,7 +353,10 @@ class Fanout:
             sub.seam = self.last_id
 
     def drop_slow(self, sub: Subscription) -> None:
-        """Overflow: reset and disconnect this subscriber alone; everyone else goes on."""
+        """Overflow: reset and disconnect this subscriber alone; everyone else goes on.
+
+        A sink overflows at its queue size while it is behind the rest, at twice that while
+        the hub is behind (`Tracked._over`): a burst slows publishers, not subscribers."""
         if sub.closed:
             return
         self.unsubscribe(sub)

@@ -10,6 +10,7 @@ HubError
 │   ├── Unauthenticated no, invalid or expired credential   → 401 / UNAUTHENTICATED
 │   └── Forbidden       credential lacks the grant          → 403 / PERMISSION_DENIED
 ├── Unavailable         broker down (e.g. Redis outage)     → 503 / UNAVAILABLE
+├── Overloaded          fan-out behind, publish waited      → 503 + Retry-After / RESOURCE_EXHAUSTED
 └── ConfigError         bad setting at start-up             → one-line message, exit 2
 
 A `Denied` tells the client only what RFC 6750 lets it know (its `challenge` becomes the
@@ -87,6 +88,14 @@ class Forbidden(Denied):
 class Unavailable(HubError):
     http_status = 503
     grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class Overloaded(HubError):
+    """The hub is behind delivering: the publisher should retry after `retry_after` s."""
+
+    http_status = 503
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    retry_after = 1
 
 
 class ConfigError(HubError):

@@ -22,6 +22,7 @@ from cachewire.hub import telemetry
 from cachewire.hub.auth.decide import Principal
 from cachewire.hub.auth.transport import grpc_credentials
 from cachewire.hub.brokers.base import ResetReason
+from cachewire.hub.core import Pressure, Tracked
 from cachewire.hub.errors import Denied, HubError, InvalidInput, Unavailable
 from cachewire.hub.events import (
     Draft,
@@ -49,6 +50,7 @@ RESET_REASONS: dict[ResetReason, hub_pb2.ResetReason] = {
     "unknown_id": hub_pb2.RESET_REASON_UNKNOWN_ID,
     "slow_consumer": hub_pb2.RESET_REASON_SLOW_CONSUMER,
 }
+NEVER = 1 << 62
 SHUTTING_DOWN = "the hub is shutting down: reconnect (to another replica) and resume"
 
 
@@ -94,7 +96,7 @@ class EncodeCache:
         return data
 
 
-class Outbox:
+class Outbox(Tracked):
     """A stream's bounded queue, and the wake-up of its single writer coroutine.
 
     Events count against `limit`; control messages (pre-encoded bytes: resets, heartbeats)
@@ -109,12 +111,16 @@ class Outbox:
         self.finished = False
         self.error: HubError | None = None
         self._wake = asyncio.Event()
+        self._lag_at = NEVER  # put reports the backlog from here on (see watch)
 
     def put(self, event: Event) -> bool:
-        if self.events >= self.limit:
+        n = self.events
+        if n >= self.limit and self._over(n, self.limit):
             return False
         self.items.append(event)
-        self.events += 1
+        self.events = n = n + 1
+        if n >= self._lag_at:
+            self._grew(n)
         self._wake.set()
         return True
 
@@ -122,7 +128,12 @@ class Outbox:
         before = len(self.items)
         self.items.extend(events)
         self.events += len(self.items) - before
+        self._grew(self.events)
         self._wake.set()
+
+    def watch(self, pressure: Pressure | None) -> None:
+        super().watch(pressure)
+        self._lag_at = NEVER if pressure is None else pressure.threshold
 
     def put_control(self, message: bytes) -> None:
         self.items.append(message)
@@ -138,6 +149,21 @@ class Outbox:
         while items and len(run) < max_events and not isinstance(items[0], bytes):
             run.append(items.popleft())  # type: ignore[arg-type]  # not bytes: an Event
         self.events -= len(run)
+        if self.lagging:
+            self._shrank(self.events)
+        return run
+
+    def take_all(self, most: int) -> list[Event | bytes]:
+        """Up to `most` items at the head, events and control messages alike, in order."""
+        items = self.items
+        if len(items) <= most:
+            run = list(items)
+            items.clear()
+        else:
+            run = [items.popleft() for _ in range(most)]
+        self.events -= sum(1 for m in run if not isinstance(m, bytes))
+        if self.lagging:
+            self._shrank(self.events)
         return run
 
     def take_batch(
@@ -162,6 +188,8 @@ class Outbox:
             items.popleft()
             run.append(data)
         self.events -= len(run)
+        if self.lagging:
+            self._shrank(self.events)
         return run
 
     def pop(self) -> Event | bytes:
@@ -169,11 +197,15 @@ class Outbox:
         item = self.items.popleft()
         if not isinstance(item, bytes):
             self.events -= 1
+            if self.lagging:
+                self._shrank(self.events)
         return item
 
     def clear(self) -> None:
         self.items.clear()
         self.events = 0
+        if self.lagging:
+            self._shrank(0)
 
     def finish(self, error: HubError | None = None, *, discard: bool = False) -> None:
         if self.finished:
@@ -230,6 +262,9 @@ class OutboxSink(ABC):
 
     def send(self, event: Event) -> bool:
         return self.outbox.put(event)
+
+    def watch(self, pressure: Pressure | None) -> None:
+        self.outbox.watch(pressure)
 
     def send_replay(self, events: list[Event]) -> None:
         self.outbox.put_all(events)
@@ -413,6 +448,7 @@ class HubService:
         if principal is not None and self._hub.auth is not None:
             self._hub.auth.authorize_publish(principal, drafts)
         key = idempotency_key(request.idempotency_key)
+        await self._hub.fanout.pressure.admit()  # the hub is behind: wait, or RESOURCE_EXHAUSTED
         ids = await telemetry.publish_ids(
             self._hub.broker, drafts, "grpc", metadata, key, settings.idempotency_window
         )

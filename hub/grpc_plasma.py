@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import grpc
 from grpc._cython import cygrpc  # grpc.aio's implementation: see StreamWriter
 
 from cachewire.hub.auth.decide import ANONYMOUS, Principal
@@ -58,7 +59,10 @@ def reset_payload(reason: ResetReason, detail: str, resume_from: str) -> bytes:
 
 # grpcio's private coroutine that ServicerContext.write awaits, if it is the one
 # StreamWriter was written against (checked once, here; otherwise StreamWriter flushes
-# every message through the public API).
+# every message through the public API): the same signature, in a grpcio release it was
+# verified with. A release outside VERIFIED_GRPCIO uses the public API until someone
+# re-verifies it and widens the range (test_grpc_plasma_wire fails in CI meanwhile).
+VERIFIED_GRPCIO = ((1, 85), (1, 85))  # (major, minor), inclusive
 _SEND_PARAMS = ("grpc_call_wrapper", "message", "send_initial_metadata_op", "write_flag", "loop")
 BUFFER_HINT = 1  # GRPC_WRITE_BUFFER_HINT, include/grpc/impl/grpc_types.h
 # Most messages held back in a row: bounds what the first of a burst waits for (core also
@@ -66,7 +70,19 @@ BUFFER_HINT = 1  # GRPC_WRITE_BUFFER_HINT, include/grpc/impl/grpc_types.h
 MAX_HELD = 64
 
 
+def grpcio_verified(version: str) -> bool:
+    """Whether this grpcio release is one the held path was verified with."""
+    try:
+        major_minor = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return False
+    low, high = VERIFIED_GRPCIO
+    return low <= major_minor <= high
+
+
 def _private_send() -> Callable[..., Awaitable[None]] | None:
+    if not grpcio_verified(grpc.__version__):
+        return None
     send = getattr(cygrpc, "_send_message", None)
     write_flag = getattr(cygrpc, "WriteFlag", None)
     if send is None or not hasattr(cygrpc, "RPCState"):
@@ -107,9 +123,9 @@ class StreamWriter:
 
     holding: ClassVar[bool] = _SEND is not None  # False for good once a held write failed
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: Any, hold: bool = True) -> None:
         self._context = context
-        self._call = _call_state(context) if StreamWriter.holding else None
+        self._call = _call_state(context) if hold and StreamWriter.holding else None
         self._loop = asyncio.get_running_loop()
         self._started = False  # the first message goes with the initial metadata, unheld
         self._run = 0  # messages held since the last flush
@@ -162,16 +178,13 @@ class PlasmaSink(OutboxSink):
     def heartbeat(self, head_id: str) -> None:
         """Plasma's Payload has no heartbeat; gRPC keepalive finds dead peers instead."""
 
-    async def messages(self) -> AsyncIterator[bytes]:
-        """Encoded Payload messages, one per event (Plasma's contract has no batch).
-
-        Each is taken from the outbox as it is yielded, so `outbox.items` says whether
-        another message follows at once.
-        """
+    async def batches(self) -> AsyncIterator[list[bytes]]:
+        """Encoded Payload messages (one per event: Plasma's contract has no batch), in
+        runs of what was queued when the writer came round, at most MAX_HELD at a time:
+        one wake-up and one take per run, not per message."""
         box, encode = self.outbox, self._encode
         while await box.ready():
-            item = box.pop()
-            yield item if isinstance(item, bytes) else encode(item)
+            yield [m if isinstance(m, bytes) else encode(m) for m in box.take_all(MAX_HELD)]
         if box.error is not None:
             raise box.error
 
@@ -196,13 +209,16 @@ class StreamService:
         holder: list[Subscription] = []  # the subscription, once the first Request came
         peer, started = context.peer(), time.monotonic()
         log.info("grpc plasma stream opened", extra={"peer": peer})
-        writer, box = StreamWriter(context), sink.outbox
+        writer = StreamWriter(context, self._hub.settings.grpc_held_writes == "auto")
+        box = sink.outbox
         self._streams.add(box)
         reader = asyncio.create_task(self._read(requests, sink, holder, principal, watch))
         try:
-            async for message in sink.messages():
-                if not await writer.write(message, more=bool(box.items)):
-                    return
+            async for batch in sink.batches():
+                last = len(batch) - 1
+                for i, message in enumerate(batch):
+                    if not await writer.write(message, more=i < last or bool(box.items)):
+                        return
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from cachewire.hub.errors import Denied, HubError, Unavailable
+from cachewire.hub.errors import Denied, HubError, Overloaded, Unavailable
 from cachewire.hub.grpc_api import SHUTTING_DOWN, HubService, Outbox
 from cachewire.hub.grpc_plasma import StreamService
 from cachewire.v1 import hub_pb2, plasma_pb2
@@ -40,7 +40,6 @@ HEALTH_POLL = 1.0
 # accept client pings as often as every 10 s, also on connections without calls; a client
 # that pings more often is sent GOAWAY after two strikes (enforcement).
 SERVER_OPTIONS = (
-    ("grpc.so_reuseport", 0),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
@@ -67,6 +66,9 @@ def connection_age(age: float | None, grace: float) -> tuple[tuple[str, int], ..
 
 async def _abort(context: Any, exc: Exception, hub: Hub | None = None) -> None:
     """The one place where exceptions become gRPC statuses; clients never see a trace."""
+    if isinstance(exc, Overloaded):  # gRPC's retry policy honours the pushback trailer
+        pushback = (("grpc-retry-pushback-ms", str(exc.retry_after * 1000)),)
+        await context.abort(exc.grpc_code, str(exc), pushback)
     if isinstance(exc, Denied) and hub is not None and hub.auth is not None:
         hub.auth.note(exc, "grpc", context.peer())
     if isinstance(exc, HubError):
@@ -172,6 +174,8 @@ class GrpcServer:
             options=(
                 *SERVER_OPTIONS,
                 ("grpc.max_receive_message_length", s.max_body),
+                # Off (a second hub on the port is an error), except --workers share it.
+                ("grpc.so_reuseport", int(s.workers > 1)),
                 ("grpc.max_concurrent_streams", s.max_streams),
                 ("grpc.server_handshake_timeout_ms", int(s.header_timeout * 1000)),
                 ("grpc.max_connection_idle_ms", int(s.idle_timeout * 1000)),

@@ -22,6 +22,7 @@ from cachewire.hub.errors import (
     Denied,
     HubError,
     InvalidInput,
+    Overloaded,
     TooLarge,
     UnsupportedMedia,
 )
@@ -81,7 +82,10 @@ def _error(request: web.Request, exc: BaseException) -> web.StreamResponse:
         headers = {"WWW-Authenticate": exc.challenge}
         return _rejected(request, exc.http_status, str(exc), headers)
     if isinstance(exc, HubError):
-        return _rejected(request, exc.http_status, str(exc))
+        response = _rejected(request, exc.http_status, str(exc))
+        if isinstance(exc, Overloaded):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         limit = request.app[sse.HUB].settings.max_body
         return _rejected(request, 413, f"request body is larger than the limit of {limit} bytes")
@@ -149,6 +153,7 @@ async def publish(request: web.Request) -> web.StreamResponse:
         if hub.auth is not None:  # --auth off: no auth work at all
             await hub.auth.check_publish(http_credentials(request), drafts)
         key = idempotency_key(request.headers.get("Idempotency-Key", ""))
+        await hub.fanout.pressure.admit()  # the hub is behind: wait, or 503 Retry-After
         ids = await telemetry.publish_ids(
             hub.broker, drafts, "http", None, key, settings.idempotency_window
         )

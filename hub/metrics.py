@@ -47,6 +47,27 @@ class HubCollector(Collector):
         for kind in TRANSPORTS:
             drops.add_metric([kind], fanout.slow_drops[kind])
         yield drops
+        pressure = fanout.pressure
+        yield GaugeMetricFamily(
+            "cachewire_hub_lagging_subscribers",
+            "Subscribers holding --lag-threshold or more undelivered events",
+            value=len(pressure.lagging),
+        )
+        yield GaugeMetricFamily(
+            "cachewire_hub_behind",
+            "1 while more than half the subscribers lag: publishes wait",
+            value=int(pressure.behind),
+        )
+        yield CounterMetricFamily(
+            "cachewire_hub_publish_waits",
+            "Publishes that waited because the hub was behind",
+            value=pressure.waited,
+        )
+        yield CounterMetricFamily(
+            "cachewire_hub_publish_overloaded",
+            "Publishes refused (503 / RESOURCE_EXHAUSTED) after waiting --publish-wait",
+            value=pressure.refused,
+        )
         yield GaugeMetricFamily(
             "cachewire_hub_history_size",
             "Events in the broker's history",

@@ -20,7 +20,7 @@ from cachewire.hub.auth.service import Auth
 from cachewire.hub.brokers.base import Broker
 from cachewire.hub.brokers.memory import MemoryBroker
 from cachewire.hub.connections import GuardedSite, Limits
-from cachewire.hub.core import Fanout
+from cachewire.hub.core import Fanout, Pressure
 from cachewire.hub.metrics import make_registry
 from cachewire.hub.settings import HubSettings
 from cachewire.hub.tls import RELOAD_POLL, ServerTls
@@ -59,7 +59,9 @@ class Hub:
     def __init__(self, settings: HubSettings | None = None, broker: Broker | None = None) -> None:
         self.settings = settings or HubSettings()
         self.broker = broker or make_broker(self.settings)
-        self.fanout = Fanout(self.broker, self.settings.queue_size)
+        s = self.settings
+        pressure = Pressure(min(s.lag_threshold, max(1, s.queue_size // 2)), s.publish_wait)
+        self.fanout = Fanout(self.broker, s.queue_size, pressure)
         self.registry = make_registry(self)
         self.flusher = sse.Flusher()
         # None in `--auth off`: then no request does any auth work at all.
@@ -125,6 +127,7 @@ class Hub:
             s.http_port,
             self.connections,
             ssl_context=None if self.tls is None else self.tls.ssl_context,
+            reuse_port=s.workers > 1,  # --workers: every worker binds the same ports
         )
         await self._site.start()
         self.http_port = _bound_port(self._site)

@@ -57,6 +57,8 @@ class HubSettings:
     max_events: int = 1000
     subscribe_batch_bytes: int = 1 << 20
     queue_size: int = 10_000
+    lag_threshold: int = 1_000
+    publish_wait: float = 5.0
     max_topics: int = 100
     max_streams: int = 100
     header_timeout: float = 10.0
@@ -64,6 +66,8 @@ class HubSettings:
     max_connections: int = 10_000
     max_connections_per_client: int = 1_000
     grace: float = 5.0
+    grpc_held_writes: Literal["auto", "off"] = "auto"
+    workers: int = 1
     drain_delay: float = 5.0
     drain_window: float = 10.0
     max_connection_age: float | None = 1800.0
@@ -256,6 +260,22 @@ OPTIONS: tuple[Option, ...] = (
         positive_int,
     ),
     Option(
+        "lag_threshold",
+        "--lag-threshold",
+        "events a subscriber may hold undelivered before it counts as lagging (at most half "
+        "of --queue-size); while more than half lag, publishes wait (docs/hub.md, Overload)",
+        ("CACHEWIRE_LAG_THRESHOLD",),
+        positive_int,
+    ),
+    Option(
+        "publish_wait",
+        "--publish-wait",
+        "longest a publish waits while the hub is behind; then 503 Retry-After / "
+        "RESOURCE_EXHAUSTED",
+        ("CACHEWIRE_PUBLISH_WAIT",),
+        non_negative_seconds,
+    ),
+    Option(
         "max_topics",
         "--max-topics",
         "most topics in one subscription (SSE, gRPC Subscribe, Plasma Events)",
@@ -304,6 +324,22 @@ OPTIONS: tuple[Option, ...] = (
         "seconds to end streams and finish requests on SIGTERM",
         ("CACHEWIRE_GRACE",),
         non_negative_seconds,
+    ),
+    Option(
+        "grpc_held_writes",
+        "--grpc-held-writes",
+        "auto: in a burst, Plasma Events messages leave several per TCP write (a grpcio-"
+        "internal call, verified grpcio releases only); off: public grpcio API only "
+        "(docs/grpc-plasma-performance.md)",
+        ("CACHEWIRE_GRPC_HELD_WRITES",),
+        choice("auto", "off"),
+    ),
+    Option(
+        "workers",
+        "--workers",
+        "hub processes sharing the ports (SO_REUSEPORT), each a replica; needs --broker redis",
+        ("CACHEWIRE_WORKERS",),
+        positive_int,
     ),
     Option(
         "drain_delay",

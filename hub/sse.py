@@ -21,7 +21,7 @@ from aiohttp import web
 from cachewire.hub.auth.decide import ANONYMOUS
 from cachewire.hub.auth.transport import http_credentials
 from cachewire.hub.brokers.base import ResetReason
-from cachewire.hub.core import Subscription
+from cachewire.hub.core import Pressure, Subscription, Tracked
 from cachewire.hub.errors import Denied, HubError, InvalidInput
 from cachewire.hub.events import RESET_TYPE, Event, as_chunk, parse_topics
 
@@ -103,7 +103,7 @@ class Flusher:
             self.mark(sink)
 
 
-class SseSink:
+class SseSink(Tracked):
     kind = "sse"
 
     def __init__(
@@ -118,6 +118,7 @@ class SseSink:
         # written, a transport's worth at a time, so a long replay does not hold the loop.
         self._pending: list[bytes | memoryview | Event] = []
         self._events_pending = 0
+        self._lag_at = queue_size + 1  # send checks the backlog from here on (see watch)
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # Whenever `_pending` is not empty the sink is marked dirty or stalled, so a send that
@@ -126,12 +127,20 @@ class SseSink:
     def send(self, event: Event) -> bool:
         pending = self._pending
         pending.append(event.sse_chunk() if self._chunked else event.sse_frame_view())
-        self._events_pending += 1
-        if self._events_pending > self._queue_size:
-            return False
+        self._events_pending = n = self._events_pending + 1
+        if n >= self._lag_at:
+            if n > self._queue_size and self._over(n, self._queue_size + 1):
+                return False
+            self._grew(n)
         if len(pending) == 1:
             self._flusher.mark(self)
         return True
+
+    def watch(self, pressure: Pressure | None) -> None:
+        super().watch(pressure)
+        self._lag_at = self._queue_size + 1
+        if pressure is not None:
+            self._lag_at = min(self._lag_at, pressure.threshold)
 
     def send_replay(self, events: list[Event]) -> None:
         """A replay holds references to the history's events only (8 bytes each, however
@@ -155,7 +164,7 @@ class SseSink:
             # What was not written is discarded; no id line, so the client keeps the id of
             # the last event it really received and a reconnect replays from there.
             self._pending.clear()
-            self._events_pending = 0
+            self._drained(0)
         self.send_frame(
             reset_frame(reason, detail, None if reason == "slow_consumer" else resume_from)
         )
@@ -187,7 +196,7 @@ class SseSink:
         transport = self._transport
         if transport.is_closing():
             pending.clear()
-            self._events_pending = 0
+            self._drained(0)
             return True
         buffered = transport.get_write_buffer_size()
         if not force and buffered > TRANSPORT_LIMIT:
@@ -195,7 +204,7 @@ class SseSink:
         if len(pending) == 1:  # one event: its shared bytes as they are
             transport.write(self._wire(pending[0]))
             pending.clear()
-            self._events_pending = 0
+            self._drained(0)
             return True
         # A burst: one write of its chunks, but no more than the transport limit at a time
         # (a big replay, or a client that reads slowly, would otherwise be copied whole into
@@ -211,10 +220,15 @@ class SseSink:
         del pending[:n]
         # Writes take from the front; live events (those counted) are the last ones queued,
         # after any replay, so at most this many of them are left.
-        self._events_pending = min(self._events_pending, len(pending))
+        self._drained(min(self._events_pending, len(pending)))
         if pending:
             self._flusher.mark(self)  # the next flush writes on, as the client drains
         return True
+
+    def _drained(self, n: int) -> None:
+        self._events_pending = n
+        if self.lagging:
+            self._shrank(n)
 
 
 def reset_frame(reason: str, detail: str, resume_from: str | None) -> bytes:

@@ -5,7 +5,7 @@ It records, independently of the sidecar's own bookkeeping:
   write the publication of its invalidation (`Publication`: when the attempt that the hub
   accepted started, and the event id);
 - per guarded cache (`CacheLog`), when each key left it and when it was flushed, as the
-  cache itself saw it: memcached's replies to the sidecar's `delete`/`flush_all` (read by a
+  cache itself saw it: memcached's replies to the sidecar's deletes/`flush_all` (read by a
   tap on the link), the app cache's own `__delitem__`/`clear`, and a restart of the cache
   (an empty cache covers everything);
 - what readers read (`StaleRead`: a hit on a version older than the database's).
@@ -118,15 +118,22 @@ class RecordingCache(cachetools.Cache[str, int]):
         self.log.flushed("app-clear")
 
 
+CONFIRMS = {"delete": (b"DELETED", b"NOT_FOUND"), "md": (b"HD", b"NF")}  # the key is gone
+
+
 class MemcachedTap:
-    """Reads one sidecar↔memcached connection: a `delete`/`flush_all` counts when memcached
-    answers it (DELETED/NOT_FOUND, OK), in order, one reply line per command."""
+    """Reads one sidecar↔memcached connection: a delete or `flush_all` counts when memcached
+    answers it, in order. Classic `delete` gets one reply line (DELETED/NOT_FOUND); the
+    sidecar's quiet meta deletes (`md <key> q` … `mn`) are confirmed together by `MN`,
+    each answered only when the key was not there (`NF`, gone too) or on an error, which
+    fails the whole batch (the sidecar retries it): then none of them counts."""
 
     def __init__(self, log: CacheLog) -> None:
         self.log = log
         self._out = b""
         self._in = b""
         self._sent: list[tuple[str, str]] = []
+        self._quiet_failed = False  # an error reply came for the quiet batch being read
 
     def to_server(self, data: bytes) -> None:
         self._out += data
@@ -135,6 +142,12 @@ class MemcachedTap:
             parts = line.split()
             if parts[:1] == [b"delete"] and len(parts) >= 2:
                 self._sent.append(("delete", parts[1].decode(errors="replace")))
+            elif parts[:1] == [b"md"] and len(parts) >= 2 and b"q" in parts[2:]:
+                self._sent.append(("quiet", parts[1].decode(errors="replace")))
+            elif parts[:1] == [b"md"] and len(parts) >= 2:
+                self._sent.append(("md", parts[1].decode(errors="replace")))
+            elif parts[:1] == [b"mn"]:
+                self._sent.append(("mn", ""))
             elif parts[:1] == [b"flush_all"]:
                 self._sent.append(("flush", ""))
             elif parts:
@@ -144,13 +157,30 @@ class MemcachedTap:
         self._in += data
         *lines, self._in = self._in.split(b"\r\n")
         for line in lines:
+            if self._sent and self._sent[0][0] == "quiet":
+                self._quiet_reply(line)
+                continue
             if not self._sent:
                 continue
             kind, key = self._sent.pop(0)
-            if kind == "delete" and line in (b"DELETED", b"NOT_FOUND"):
+            if line in CONFIRMS.get(kind, ()):
                 self.log.deleted(key)
             elif kind == "flush" and line == b"OK":
                 self.log.flushed("flush_all")
+
+    def _quiet_reply(self, line: bytes) -> None:
+        if line == b"NF":
+            return  # a key that was not there: gone, confirmed with the rest by MN
+        if line != b"MN":
+            self._quiet_failed = True  # an error: the sidecar fails and retries the batch
+            return
+        failed, self._quiet_failed = self._quiet_failed, False
+        while self._sent:
+            kind, key = self._sent.pop(0)
+            if kind == "mn":
+                return
+            if kind == "quiet" and not failed:
+                self.log.deleted(key)
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,3 +54,19 @@ def test_memcached_tap_counts_a_delete_when_memcached_answers() -> None:
     assert not log.deletes and not log.flushes  # nothing answered yet
     tap.to_client(b"DELETED\r\nNOT_FOUND\r\nOK\r\nVERSION 1.6\r\n")
     assert set(log.deletes) == {"a", "b"} and len(log.flushes) == 1
+
+
+def test_memcached_tap_counts_quiet_meta_deletes_on_mn() -> None:
+    """The sidecar's quiet meta deletes count when MN confirms them; NF is gone too; an
+    error reply fails the whole batch (the sidecar retries it)."""
+    checker = Checker()
+    log = checker.cache("memcached0")
+    tap = MemcachedTap(log)
+    tap.to_server(b"md a q\r\nmd b q\r\nmn\r\n")
+    tap.to_client(b"NF\r\n")
+    assert not log.deletes  # not confirmed before MN
+    tap.to_client(b"MN\r\n")
+    assert set(log.deletes) == {"a", "b"}
+    tap.to_server(b"md c q\r\nmd d q\r\nmn\r\nflush_all\r\n")
+    tap.to_client(b"SERVER_ERROR out of memory\r\nMN\r\nOK\r\n")
+    assert set(log.deletes) == {"a", "b"} and len(log.flushes) == 1

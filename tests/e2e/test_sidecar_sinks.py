@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +19,8 @@ from cachewire.sidecar.sinks.redis import RedisSink, match_pattern
 from cachewire.sidecar.sinks.webhook import WebhookSink, batch_body
 from tests.servers import Proc, start_memcached
 
-BIG = 2000  # more keys than one pipelined write (memcached CHUNK = 1000)
+BIG = 2000  # more keys than one pipelined write (Redis)
+MC_BIG = 12_000  # more keys than one pipelined write (memcached CHUNK = 10,000)
 
 
 def inv(
@@ -49,14 +51,14 @@ def test_memcached_key_rules() -> None:
 
 async def test_memcached_deletes_in_pipelined_batches(memcached_server: Proc) -> None:
     """Existing and absent keys (NOT_FOUND is success) in one batch, past one write's chunk."""
-    keys = [f"k{i}" for i in range(BIG)]
+    keys = [f"k{i}" for i in range(MC_BIG)]
     metrics = Metrics()
     sink = MemcachedSink(f"127.0.0.1:{memcached_server.port}", metrics=metrics)
     await sink.start()
     with memcache(memcached_server.port) as mc:
         mc.set_many({k: b"v" for k in keys[::2]})
         mc.set("keep", b"v")
-        await sink.apply([inv(1, tuple(keys[:1000])), inv(2, (*keys[1000:], "bad key"))])
+        await sink.apply([inv(1, tuple(keys[:6000])), inv(2, (*keys[6000:], "bad key"))])
         assert mc.get_many(keys) == {}
         assert mc.get("keep") == b"v"
         assert metrics.skipped_keys.labels("memcached", "whitespace_or_control")._value.get() == 1
@@ -105,6 +107,40 @@ async def test_memcached_down_raises_and_recovers(memcached_server: Proc) -> Non
             restarted.stop()
     finally:
         await sink.close()
+
+
+async def test_memcached_error_reply_fails_the_batch() -> None:
+    """Any reply to a quiet delete but NF fails the batch (the applier retries it). A real
+    memcached cannot be made to refuse `md`, so this one is a recording stand-in."""
+    received: list[bytes] = []
+    served = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            received.append(line)
+            if line.startswith(b"md a "):
+                writer.write(b"NF\r\n")
+            elif line.startswith(b"md b "):
+                writer.write(b"SERVER_ERROR out of memory\r\n")
+            elif line == b"mn\r\n":
+                writer.write(b"MN\r\n")
+        writer.close()
+        await writer.wait_closed()
+        served.set()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sink = MemcachedSink(f"127.0.0.1:{port}", timeout=5.0)
+    try:
+        await sink.apply([inv(1, ("a", "c"))])  # NF is success: the key is gone
+        with pytest.raises(SinkError, match="1 of 3 deletes failed: SERVER_ERROR out of memory"):
+            await sink.apply([inv(2, ("a", "b", "c"))])
+        assert received[:3] == [b"md a q\r\n", b"md c q\r\n", b"mn\r\n"]
+    finally:
+        await sink.close()
+        await asyncio.wait_for(served.wait(), 10)
+        server.close()
+        await server.wait_closed()
 
 
 # --- Redis ---

@@ -43,6 +43,9 @@ class FakeSink:
     def close(self) -> None:
         self.closed = True
 
+    def watch(self, pressure: object) -> None:
+        """The core's back-pressure is tested with the real sinks (test_pressure.py)."""
+
     def ids(self) -> list[str]:
         """Everything received, replay first, as a client would see it."""
         return [e.id for e in self.replayed] + [e.id for e in self.events]

@@ -169,6 +169,41 @@ async def test_without_grpcio_internals_every_message_is_flushed(
     assert (record.__dict__["messages"], record.__dict__["held"]) == (50, 0)
 
 
+async def test_held_writes_off_uses_the_public_api_only(
+    hub_factory: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """`--grpc-held-writes off`: the public fallback, chosen by the operator."""
+    hub = await hub_factory(queue_size=100_000, grpc_held_writes="off")
+    caplog.set_level(logging.INFO, logger="cachewire.hub.grpc")
+    done = asyncio.Event()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{hub.grpc_port}") as channel:
+        call = raw_events_call(channel, "t", done)
+        await hub.fanout.wait_subscribers(1, "grpc_plasma")
+        ids = await publish_burst(channel, 3 * MAX_HELD)
+        assert await read_n(call, 3 * MAX_HELD) == [
+            protobufs_own(ids[i], "t:x", f'{{"n":{i}}}') for i in range(3 * MAX_HELD)
+        ]
+        call.cancel()
+        done.set()
+        await stream_closed(hub)
+    [record] = closed_records(caplog, 1)
+    assert (record.__dict__["messages"], record.__dict__["held"]) == (3 * MAX_HELD, 0)
+
+
+@pytest.mark.parametrize(
+    ("version", "verified"),
+    [("1.85.3", True), ("1.85.0rc1", True), ("1.84.0", False), ("1.86.0", False), ("x", False)],
+)
+def test_the_private_call_is_used_only_with_a_verified_grpcio(
+    version: str, verified: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fence CI enforces: outside VERIFIED_GRPCIO the hub uses the public API (and the
+    burst test above, which needs held writes, fails until the range is re-verified)."""
+    assert grpc_plasma.grpcio_verified(version) is verified
+    monkeypatch.setattr(grpc, "__version__", version)
+    assert (grpc_plasma._private_send() is not None) is verified
+
+
 async def test_a_held_write_refused_by_grpcio_falls_back_and_loses_nothing(
     hub: Hub,
     channel: grpc.aio.Channel,

@@ -274,6 +274,6 @@ async def test_a_slow_plasma_client_gets_the_reset_then_unavailable() -> None:
     sink.close()
     out = []
     with pytest.raises(Unavailable, match="fell behind its queue of 1 events; reconnect"):
-        async for raw in sink.messages():
-            out.append(plasma_pb2.Payload.FromString(raw))
+        async for batch in sink.batches():
+            out += [plasma_pb2.Payload.FromString(raw) for raw in batch]
     assert [p.eventType.type for p in out] == ["cachewire:reset"]
