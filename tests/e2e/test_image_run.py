@@ -29,16 +29,20 @@ from tests.servers import ROOT, Proc, _spawn, free_port, port_answers, wait_for
 UID = 65532
 NAMESPACE = """
 mount --bind / / && mount -o remount,bind,ro /
+mount -t tmpfs -o size=1m,mode=755 tmpfs /mnt
+i=0
+for p in $KEEP; do mkdir /mnt/$i && mount --bind "$p" /mnt/$i; i=$((i+1)); done
 mount -t tmpfs -o size=64m,mode=1777 tmpfs /tmp
-if [ -n "$PREFIX" ]; then  # the interpreter lives under /root (pyenv): show only it
-  mount --bind "$PREFIX" /mnt
-  mount -t tmpfs -o size=1m,mode=755 tmpfs /root
-  mkdir -p "$PREFIX" && mount --bind /mnt "$PREFIX" && mount -o remount,bind,ro "$PREFIX"
-fi
+if [ -n "$HIDE_ROOT" ]; then mount -t tmpfs -o size=1m,mode=755 tmpfs /root; fi
+i=0
+for p in $KEEP; do  # what the fresh /tmp and /root covered: back, read-only
+  mkdir -p "$p" && mount --bind /mnt/$i "$p" && mount -o remount,bind,ro "$p"; i=$((i+1))
+done
 cd /tmp
 exec setpriv --reuid {uid} --regid {uid} --clear-groups --no-new-privs \
   env -i PATH="$INSTALL_BIN:/usr/bin:/bin" HOME=/nonexistent PYTHONDONTWRITEBYTECODE=1 "$@"
 """
+COVERED = ("/tmp/", "/root/")  # the namespace mounts fresh, empty file systems there
 
 
 def image_command() -> tuple[list[str], list[str]]:
@@ -57,10 +61,16 @@ def install_bin() -> Path:
 
 
 def start(install: Path, argv: list[str], ports: dict[str, int]) -> Proc:
-    real = Path(os.path.realpath(install / "python")).parent.parent
+    interpreter = Path(os.path.realpath(install / "python")).parent.parent
     env = {"INSTALL_BIN": str(install)}
-    if str(real).startswith("/root/"):
-        env["PREFIX"] = str(real)
+    if str(interpreter).startswith("/root/"):  # pyenv: show the interpreter, not the rest
+        env["HIDE_ROOT"] = "1"
+    # The interpreter, the install and (for an editable install) the tree it points to stay
+    # visible wherever they live, also under the covered /tmp or /root (CI's clone may).
+    wanted = {interpreter, install.resolve().parent, ROOT.resolve()}
+    covered = sorted(p for p in wanted if str(p).startswith(COVERED))
+    keep = [p for p in covered if not any(q != p and p.is_relative_to(q) for q in covered)]
+    env["KEEP"] = " ".join(str(p) for p in keep)
     script = NAMESPACE.replace("{uid}", str(UID))
     popen, log = _spawn(["unshare", "--mount", "--propagation", "private", "sh", "-ec", script,
                          "sh", *argv], env)  # fmt: skip
