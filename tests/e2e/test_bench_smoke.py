@@ -32,7 +32,17 @@ SMOKE = {
                       "--latency-events", "5", "--rate", "50", "--rounds", "1"],
     "sidecar_bench.py": ["--events", "200", "--hub-events", "100", "--single-events", "50",
                          "--rate", "100", "--seconds", "0.3", "--per-call", "1"],
-    "sse_bench.py": ["--only", "100x1@max", "--readers", "1", "--no-pin"],
+    "sse_bench.py": ["--smoke", "--readers", "1", "--no-pin"],
+    "delivery_bench.py": ["plasma", "--targets", "held", "public", "--k", "2", "--events", "20",
+                          "--rate", "50", "--rounds", "1", "--grpcbench", ""],
+    "pipeline_bench.py": ["latency", "--transports", "http", "grpc", "--rates", "100",
+                          "--seconds", "0.5", "--rounds", "1"],
+}  # fmt: skip
+# Second modes of scripts that have two.
+MORE = {
+    "delivery_bench.py": ["burst", "--targets", "held", "--k", "2", "--burst", "50",
+                          "--rounds", "1", "--grpcbench", ""],
+    "pipeline_bench.py": ["throughput", "--events", "1000", "--rounds", "1"],
 }  # fmt: skip
 
 
@@ -41,10 +51,12 @@ def test_every_bench_script_has_a_smoke_run() -> None:
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("script", sorted(SMOKE))
-def test_bench_script_runs(script: str) -> None:
+@pytest.mark.parametrize(
+    ("script", "args"), [*sorted(SMOKE.items()), *sorted(MORE.items())], ids=lambda v: str(v)[:20]
+)
+def test_bench_script_runs(script: str, args: list[str]) -> None:
     result = subprocess.run(
-        [sys.executable, script, *SMOKE[script]],
+        [sys.executable, script, *args],
         cwd=ROOT / "bench",
         capture_output=True,
         text=True,

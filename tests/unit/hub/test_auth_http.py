@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,21 +108,23 @@ async def test_anonymous_publish_is_401_without_an_error_attribute(hub: Hub) -> 
 
 @pytest.mark.parametrize(
     ("credential", "reason"),
+    # made when the test runs, not at collection: a suite longer than a token's life
+    # would present an expired token where an invalid one is meant
     [
-        (bearer("not-a-jwt"), "invalid"),
-        (bearer(token(PUBLISHER, expires_in=-10)), "expired"),
-        (bearer(token(PUBLISHER, aud="other")), "invalid"),
-        (bearer(token(PUBLISHER, aud=None)), "invalid"),
-        (bearer(token(PUBLISHER, secret="another-secret-of-32-bytes-or-more")), "invalid"),
-        ({"Authorization": "Basic dXNlcjpwYXNz"}, "invalid"),
-        ({"X-API-Key": "k-unknown"}, "invalid"),
+        (lambda: bearer("not-a-jwt"), "invalid"),
+        (lambda: bearer(token(PUBLISHER, expires_in=-10)), "expired"),
+        (lambda: bearer(token(PUBLISHER, aud="other")), "invalid"),
+        (lambda: bearer(token(PUBLISHER, aud=None)), "invalid"),
+        (lambda: bearer(token(PUBLISHER, secret="another-secret-of-32-bytes-or-more")), "invalid"),
+        (lambda: {"Authorization": "Basic dXNlcjpwYXNz"}, "invalid"),
+        (lambda: {"X-API-Key": "k-unknown"}, "invalid"),
     ],
 )
 async def test_a_bad_credential_is_401_invalid_token_never_anonymous(
-    hub: Hub, credential: dict[str, str], reason: str
+    hub: Hub, credential: Callable[[], dict[str, str]], reason: str
 ) -> None:
     head = hub.broker.head_id()
-    status, headers, body = await publish(hub, {"type": "order:1"}, credential)
+    status, headers, body = await publish(hub, {"type": "order:1"}, credential())
     assert (status, headers["WWW-Authenticate"]) == (401, 'Bearer error="invalid_token"')
     assert body == {"error": "invalid or expired credential", "status": 401}
     assert hub.broker.head_id() == head
