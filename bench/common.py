@@ -43,6 +43,12 @@ def http_ok(url: str) -> bool:
         return False
 
 
+# Every connection of a load generator comes from one address (127.0.0.1): lift the hub's
+# connection caps (--max-connections 10,000, --max-connections-per-client 1,000), which
+# would otherwise refuse a benchmark's 2,000+ subscribers.
+LOAD_LIMITS = ["--max-connections", "1000000", "--max-connections-per-client", "1000000"]
+
+
 def redis_argv(port: int, exe: str = "redis-server") -> list[str]:
     """redis-server on 127.0.0.1:port, nothing persisted."""
     return [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]

@@ -46,7 +46,7 @@ from typing import Any
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from common import ROOT, cpu_model, free_port, http_ok, percentile, process
+from common import LOAD_LIMITS, ROOT, cpu_model, free_port, http_ok, percentile, process
 
 TOPIC = "bench"
 PLASMA_PROTO = ROOT / "proto" / "cachewire" / "v1" / "plasma.proto"
@@ -100,6 +100,7 @@ def hub(target: str, tree: Path, cpu: str, extra: list[str]) -> Iterator[Hub]:
         str(grpc_port),
         "--log-level",
         "warning",
+        *LOAD_LIMITS,
         *extra,
     ]
     if target == "public":

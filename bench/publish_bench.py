@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, answers, cpu_model, free_port, http_ok, process
+from common import LOAD_LIMITS, ROOT, answers, cpu_model, free_port, http_ok, process
 
 HUB = ROOT / ".venv" / "bin" / "cachewire"
 SERVER_CPU, LOAD_CPU = "0", "1"
@@ -79,7 +79,7 @@ def cpu_seconds(pid: int) -> float:
 @contextlib.contextmanager
 def hub() -> Iterator[tuple[subprocess.Popen[bytes], int, int]]:
     http, grpc = free_port(), free_port()
-    argv = [str(HUB), "hub", "--http-port", str(http), "--grpc-port", str(grpc)]
+    argv = [str(HUB), "hub", "--http-port", str(http), "--grpc-port", str(grpc), *LOAD_LIMITS]
     with process(
         pinned(SERVER_CPU, argv), lambda: http_ok(f"http://127.0.0.1:{http}/readyz"), "hub"
     ) as proc:

@@ -52,7 +52,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from common import cpu_model, free_port, http_ok, process
+from common import LOAD_LIMITS, cpu_model, free_port, http_ok, process
 
 HUB_CORE, LOAD_CORE = 0, 1
 PIN = True  # --no-pin: let the scheduler place the hub and the load generator
@@ -95,6 +95,7 @@ def pinned() -> bool:
 def hub_process(port: int) -> Iterator[subprocess.Popen[bytes]]:
     exe = str(Path(sys.executable).parent / "cachewire-hub")
     argv = [exe, "--http-port", str(port), "--grpc-port", "off", "--log-level", "warning"]
+    argv += LOAD_LIMITS
     if pinned() and PIN:
         argv = ["taskset", "-c", str(HUB_CORE), *argv]
     with process(argv, lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), "cachewire-hub") as proc:

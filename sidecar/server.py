@@ -132,7 +132,6 @@ class Sidecar:
     async def start(self) -> None:
         s = self.settings
         self._warn_prefixes()
-        self._warn_redis_flush()
         # 1. Sinks: a cache that is down is not fatal (it is retried); a relay that cannot
         #    bind its port is (OSError).
         for slot in self.slots:
@@ -164,16 +163,6 @@ class Sidecar:
                 "max_staleness": s.max_staleness,
             },
         )
-
-    def _warn_redis_flush(self) -> None:
-        s = self.settings
-        if s.redis_url and s.redis_flush == "prefixes" and not s.allowed("redis"):
-            log.warning(
-                "--redis-flush=true without --allow-prefixes: a flush runs FLUSHDB on the whole "
-                "database, non-cache data included; give the app's cache namespace with "
-                "--allow-prefixes (a flush then deletes only it), or choose --redis-flush=db "
-                "to make FLUSHDB explicit; this will be refused in a later release"
-            )
 
     def _warn_prefixes(self) -> None:
         patterns = self.rules.need_prefixes

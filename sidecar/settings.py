@@ -475,6 +475,14 @@ def check(s: SidecarSettings) -> None:
         raise ConfigError(
             "no cache to guard: give --memcached, --redis-url, --webhook or --relay-port"
         )
+    if s.redis_url and s.redis_flush == "prefixes" and not s.allowed("redis"):
+        # A flush (on every gap) would otherwise run FLUSHDB: non-cache data included.
+        raise ConfigError(
+            "--redis-url: say what a flush may delete: the app's cache namespace with "
+            "--allow-prefixes (or --redis-allow-prefixes), e.g. --allow-prefixes app:cache:, "
+            "so a flush deletes only those keys; or --redis-flush=db to FLUSHDB the whole "
+            "database; or --redis-flush=false"
+        )
     if s.probe_interval is not None and not (s.memcached or s.redis_url):
         raise ConfigError("--probe-interval needs a cache to probe: --memcached or --redis-url")
     if s.backoff_base > s.backoff_cap:

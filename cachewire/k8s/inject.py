@@ -5,9 +5,10 @@ webhook) and the golden tests. It never changes its input, and it is idempotent:
 already has a container named `cachewire-sidecar` comes back unchanged, so a second pass (a
 webhook reinvocation, `cachewire inject` run twice) changes nothing.
 
-Pod annotations configure it (`cachewire.io/topics`, `/sinks`, `/await`, `/native-sidecar`,
-`/sidecar-image`, `/sidecar-resources`); a malformed one raises `AnnotationError` naming it,
-before anything is changed (never half an injection).
+Pod annotations configure it (`cachewire.io/topics`, `/sinks`, `/allow-prefixes`,
+`/redis-flush`, `/await`, `/native-sidecar`, `/sidecar-image`, `/sidecar-resources`); a
+malformed one raises `AnnotationError` naming it, before anything is changed (never half an
+injection).
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def inject(pod: Pod, config: InjectConfig | None = None, namespace: str = "") ->
 @dataclass(frozen=True)
 class _Options:
     topics: str
-    sinks: dict[str, str]  # sidecar flag → value
+    sinks: dict[str, str]  # sidecar flag → value (sinks, their namespace and flush policy)
     relay_port: int
     await_: str
     native: bool
@@ -167,6 +168,19 @@ def _read_annotations(pod: Pod, config: InjectConfig) -> _Options:
             raise AnnotationError(
                 f"{PREFIX}sinks: unknown sink {key!r} (memcached, redis, webhook or relay)"
             )
+    for name, flag in (("allow-prefixes", "--allow-prefixes"), ("redis-flush", "--redis-flush")):
+        text = _annotation(pod, name)
+        if text:
+            _check(name, flag, text)
+            sinks[flag] = text
+    flush = _CONVERTERS["--redis-flush"](sinks.get("--redis-flush", "true"))
+    if "--redis-url" in sinks and flush == "prefixes" and "--allow-prefixes" not in sinks:
+        # The sidecar would refuse to start: a flush would be FLUSHDB of the whole database.
+        raise AnnotationError(
+            f"{PREFIX}sinks names redis: give the app's cache namespace in "
+            f"{PREFIX}allow-prefixes (e.g. app:cache:), so a flush deletes only those keys, "
+            f"or set {PREFIX}redis-flush to db (FLUSHDB the whole database) or false"
+        )
 
     await_ = (_annotation(pod, "await") or "started").lower()
     if await_ not in ("started", "subscribed", "none"):

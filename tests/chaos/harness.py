@@ -190,7 +190,8 @@ class Deployment:
             args += ["--memcached", f"127.0.0.1:{node.mc_proxy.port}", "--relay-port", str(relay)]
             args += ["--max-staleness", str(o.max_staleness), "--batch-delay", "1"]
             if node.redis_cache is not None:
-                args += ["--redis-url", f"redis://127.0.0.1:{node.redis_cache.port}/0"]
+                url = f"redis://127.0.0.1:{node.redis_cache.port}/0"
+                args += ["--redis-url", url, "--redis-flush", "db"]
             if o.state_file:
                 args += ["--state-file", str(self.tmp / f"sidecar{i}.state")]
             return start_sidecar(*args, *o.sidecar_args, topics=None, env=env)

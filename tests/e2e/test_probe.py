@@ -23,6 +23,8 @@ def test_sidecar_probe_metrics_show_every_canary_within_the_bound(
         f"127.0.0.1:{memcached_server.port}",
         "--redis-url",
         f"redis://127.0.0.1:{redis_server.port}/0",
+        "--redis-flush",
+        "db",
         "--probe-interval",
         "0.1",
         "--max-staleness",

@@ -11,7 +11,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from cachewire.k8s.inject import AnnotationError, InjectConfig, inject
+from cachewire.k8s.inject import CONTAINER, AnnotationError, InjectConfig, inject
+from cachewire.sidecar.settings import parse
 from tests.k8s import golden
 
 
@@ -86,6 +87,9 @@ BAD = [
     ("sidecar-resources", '{"limits": {"gpu": "1"}}', "unknown resource 'gpu'"),
     ("sidecar-resources", '{"limits": {"memory": "lots"}}', "limits.memory='lots'"),
     ("inject", "perhaps", "cachewire.io/inject='perhaps'"),
+    ("redis-flush", "sometimes", "cachewire.io/redis-flush='sometimes'"),
+    # A Redis sink with no namespace: a flush would be FLUSHDB (the sidecar refuses to start).
+    ("sinks", "redis=redis://127.0.0.1:6379/0", "cachewire.io/allow-prefixes (e.g."),
 ]
 
 
@@ -96,6 +100,31 @@ def test_malformed_annotation_is_rejected_naming_it(name: str, value: str, messa
     with pytest.raises(AnnotationError) as info:
         inject(pod, golden.CONFIG)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("flush", ["db", "false"])
+def test_a_redis_sink_without_a_namespace_needs_an_explicit_flush(flush: str) -> None:
+    pod = golden.pod("bare")
+    pod["metadata"]["annotations"] = {
+        "cachewire.io/sinks": "redis=redis://127.0.0.1:6379/0",
+        "cachewire.io/redis-flush": flush,
+    }
+    args = sidecar_args(inject(pod, golden.CONFIG))
+    assert args[args.index("--redis-flush") + 1] == flush
+    assert "--allow-prefixes" not in args
+    assert parse(args[1:], env={}).redis_flush == {"db": "db", "false": "off"}[flush]
+
+
+def test_the_full_case_starts_a_sidecar_confined_to_its_namespace() -> None:
+    args = sidecar_args(inject(golden.pod("full"), golden.CONFIG))
+    settings = parse(args[1:], env={})  # what the injected sidecar would start with
+    assert settings.allowed("redis") == settings.allowed("memcached") == ("shop:cache:", "shop:v2:")
+
+
+def sidecar_args(pod: dict[str, Any]) -> list[str]:
+    [container] = [c for c in pod["spec"]["initContainers"] if c["name"] == CONTAINER]
+    args: list[str] = container["args"]
+    return args
 
 
 def test_topics_are_required_without_a_default() -> None:

@@ -43,10 +43,8 @@ def test_boolean_flags_and_variables() -> None:
 
 def test_redis_flush_modes_and_the_allowed_prefixes() -> None:
     """--redis-flush=true (the default) deletes the allowed prefixes; FLUSHDB only when
-    chosen (or, with a warning at start, when no prefixes are given); the old
-    --no-redis-flush still turns it off."""
+    chosen; the old --no-redis-flush still turns it off."""
     url = ["--redis-url", "redis://h/0"]
-    assert parse([*BASE, *url], env={}).redis_flush == "prefixes"
     s = parse([*BASE, *url, "--allow-prefixes", "app:cache:, app:v2:"], env={})
     assert s.redis_flush == "prefixes" and s.allowed("redis") == ("app:cache:", "app:v2:")
     s = parse([*BASE, *url, "--allow-prefixes", "a:", "--redis-allow-prefixes", "r:"], env={})
@@ -54,6 +52,24 @@ def test_redis_flush_modes_and_the_allowed_prefixes() -> None:
     assert parse([*BASE, *url, "--redis-flush", "db"], env={}).redis_flush == "db"
     assert parse([*BASE, *url, "--no-redis-flush"], env={}).redis_flush == "off"
     assert parse([*BASE, *url, "--redis-flush=false"], env={}).redis_flush == "off"
+
+
+@pytest.mark.parametrize(
+    "extra", [[], ["--redis-flush", "true"], ["--memcached-allow-prefixes", "m:"]]
+)
+def test_a_redis_flush_without_a_namespace_is_refused(extra: list[str]) -> None:
+    """A flush would be FLUSHDB of the whole database, non-cache data included: the sidecar
+    refuses to start and names the three ways out."""
+    with pytest.raises(ConfigError) as err:
+        parse([*BASE, "--redis-url", "redis://h/0", *extra], env={})
+    message = str(err.value)
+    for way in (
+        "--allow-prefixes",
+        "--redis-allow-prefixes",
+        "--redis-flush=db",
+        "--redis-flush=false",
+    ):
+        assert way in message
 
 
 def test_config_file_with_lists_booleans_and_rules(tmp_path: Path) -> None:
