@@ -7,6 +7,11 @@ cap, and closes it when no complete request header (`\\r\\n\\r\\n`) has arrived 
 `header_timeout`. Requests aiohttp cannot parse get JSON errors (`JsonErrors`). Idle
 keep-alive connections between requests are aiohttp's own `keepalive_timeout` (the hub
 passes `--idle-timeout`). Each closing logs one line.
+
+With a `FastLane` (hub/fastlane.py), a new connection's requests are offered to it first:
+plain publishes are answered there, in order, one at a time (reading pauses while a
+backlog waits); from the first request it defers on, every byte goes to aiohttp. An idle
+fast-lane connection is closed after `idle_timeout`, as aiohttp closes its own.
 """
 
 from __future__ import annotations
@@ -16,12 +21,17 @@ import json
 import logging
 import ssl
 from collections import Counter
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
+
+from cachewire.hub.fastlane import Defer
+
+if TYPE_CHECKING:
+    from cachewire.hub.fastlane import FastLane
 
 log = logging.getLogger("cachewire.hub.connections")
 
@@ -52,10 +62,19 @@ def closing_response(reason: str) -> bytes:
 class Limits:
     """The open connections, by client address, and the caps on them."""
 
-    def __init__(self, max_total: int, max_per_client: int, header_timeout: float) -> None:
+    def __init__(
+        self,
+        max_total: int,
+        max_per_client: int,
+        header_timeout: float,
+        idle_timeout: float = 60.0,
+        lane: FastLane | None = None,
+    ) -> None:
         self.max_total = max_total
         self.max_per_client = max_per_client
         self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout  # of a fast-lane connection between requests
+        self.lane = lane  # None: every request goes to aiohttp
         self.open = 0
         self.by_client: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()  # reason → connections closed by a limit
@@ -122,6 +141,11 @@ class Guard(asyncio.Protocol):
         self._tail = b""  # the last bytes seen, to find a header end split across reads
         self._deadline: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport | None = None
+        self._lane = limits.lane  # None once the connection is aiohttp's
+        self._buf = bytearray()  # bytes the fast lane has not answered yet
+        self._busy = False  # a fast-lane publish is being stored
+        self._paused = False
+        self._idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport
@@ -160,6 +184,64 @@ class Guard(asyncio.Protocol):
             self._transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._deadline is not None:
+            seen = self._tail + data
+            if END_OF_HEADER in seen:
+                self._deadline.cancel()
+                self._deadline = None
+            else:
+                self._tail = seen[-3:]
+        if self._lane is None:
+            self._to_inner(data)
+            return
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        self._buf += data
+        self._next()
+
+    def _next(self) -> None:
+        """Answer the next plain publish in the buffer, or hand the buffer to aiohttp."""
+        assert self._lane is not None and self._transport is not None
+        if self._busy:
+            return
+        got = self._lane.parse(self._buf) if self._buf else None
+        if got is None:  # nothing, or an incomplete request: read on
+            if not self._buf:
+                loop = asyncio.get_running_loop()
+                self._idle = loop.call_later(self._limits.idle_timeout, self._transport.close)
+            return
+        if isinstance(got, Defer):
+            if self._buf.startswith(b"POST /v1/publish"):
+                self._lane.deferred += 1
+            self._lane, data = None, bytes(self._buf)
+            self._buf.clear()
+            self._to_inner(data)
+            return
+        del self._buf[: got.size]
+        self._busy = True
+        task = asyncio.get_running_loop().create_task(self._lane.publish(got, self._client))
+        task.add_done_callback(self._answered)
+        if len(self._buf) > 2 * self._lane.settings.max_body and not self._paused:
+            self._paused = True  # a client sending faster than its publishes are stored
+            self._transport.pause_reading()
+
+    def _answered(self, task: asyncio.Task[bytes]) -> None:
+        self._busy = False
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if task.cancelled():  # the hub is stopping
+            transport.close()
+            return
+        transport.write(task.result())
+        if self._paused:
+            self._paused = False
+            transport.resume_reading()
+        if self._lane is not None:
+            self._next()
+
+    def _to_inner(self, data: bytes) -> None:
         if self._before_newline >= 0:  # still in the first request line
             end = data.find(b"\n")
             if end < 0:
@@ -168,13 +250,6 @@ class Guard(asyncio.Protocol):
                 # The request line ended: within aiohttp's limit, a later error is a header's.
                 self._inner.first_line_seen = self._before_newline + end <= MAX_LINE + 1
                 self._before_newline = -1
-        if self._deadline is not None:
-            seen = self._tail + data
-            if END_OF_HEADER in seen:
-                self._deadline.cancel()
-                self._deadline = None
-            else:
-                self._tail = seen[-3:]
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -187,6 +262,9 @@ class Guard(asyncio.Protocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         if self._admitted:
             self._admitted = False
             self._limits.release(self._client)

@@ -11,7 +11,7 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from cachewire.common import wirejson
 from cachewire.hub.errors import InvalidInput, TooLarge
@@ -298,6 +298,17 @@ def draft_from_item(
         max_bytes=max_bytes,
         max_prefixes=max_prefixes,
     )
+
+
+class Limits(TypedDict):
+    """The keyword arguments `drafts_from_json` and `drafts_from_ndjson` share."""
+
+    max_keys: int
+    traceparent: str
+    tracestate: str
+    max_bytes: int | None
+    max_prefixes: int | None
+    max_events: int | None
 
 
 def drafts_from_json(

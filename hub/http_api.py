@@ -28,6 +28,7 @@ from cachewire.hub.errors import (
 )
 from cachewire.hub.events import (
     Draft,
+    Limits,
     drafts_from_json,
     drafts_from_ndjson,
     idempotency_key,
@@ -153,14 +154,11 @@ async def publish(request: web.Request) -> web.StreamResponse:
         if hub.auth is not None:  # --auth off: no auth work at all
             await hub.auth.check_publish(http_credentials(request), drafts)
         key = idempotency_key(request.headers.get("Idempotency-Key", ""))
-        await hub.fanout.pressure.admit()  # the hub is behind: wait, or 503 Retry-After
-        ids = await telemetry.publish_ids(
-            hub.broker, drafts, "http", None, key, settings.idempotency_window
-        )
+        ids = await accept(hub, drafts, key)
     except Exception as exc:
         return _error(request, exc)
     return web.Response(
-        body=b'{"ids":%b}' % wirejson.dumpb(ids),
+        body=ids_body(ids),
         content_type="application/json",
         headers=cors_headers(request) if "Origin" in request.headers else None,
     )
@@ -174,27 +172,43 @@ async def read_drafts(request: web.Request, settings: HubSettings) -> list[Draft
         raise TooLarge(f"request body is larger than the limit of {max_body} bytes")
     raw = await request.read()
     headers = request.headers
-    traceparent = headers.get("traceparent", "")
-    tracestate = headers.get("tracestate", "")
-    if request.content_type == NDJSON:
-        return drafts_from_ndjson(
-            raw,
-            max_keys=settings.max_keys,
-            traceparent=traceparent,
-            tracestate=tracestate,
-            max_bytes=max_body,
-            max_prefixes=settings.max_prefixes,
-            max_events=settings.max_events,
-        )
-    return drafts_from_json(
-        parse_json(raw),
-        max_keys=settings.max_keys,
-        traceparent=traceparent,
-        tracestate=tracestate,
-        max_bytes=max_body,
-        max_prefixes=settings.max_prefixes,
-        max_events=settings.max_events,
+    return drafts_of(
+        raw,
+        request.content_type == NDJSON,
+        headers.get("traceparent", ""),
+        headers.get("tracestate", ""),
+        settings,
     )
+
+
+def drafts_of(
+    raw: bytes, ndjson: bool, traceparent: str, tracestate: str, settings: HubSettings
+) -> list[Draft]:
+    """A publish body → validated drafts, within --max-events, --max-keys, --max-prefixes."""
+    limits: Limits = {
+        "max_keys": settings.max_keys,
+        "traceparent": traceparent,
+        "tracestate": tracestate,
+        "max_bytes": settings.max_body,
+        "max_prefixes": settings.max_prefixes,
+        "max_events": settings.max_events,
+    }
+    if ndjson:
+        return drafts_from_ndjson(raw, **limits)
+    return drafts_from_json(parse_json(raw), **limits)
+
+
+async def accept(hub: Hub, drafts: list[Draft], key: str) -> list[str]:
+    """Store checked drafts (once per idempotency key): their ids. While the hub is behind
+    delivering, this waits, or raises Overloaded (503 Retry-After)."""
+    await hub.fanout.pressure.admit()
+    return await telemetry.publish_ids(
+        hub.broker, drafts, "http", None, key, hub.settings.idempotency_window
+    )
+
+
+def ids_body(ids: list[str]) -> bytes:
+    return b'{"ids":%b}' % wirejson.dumpb(ids)
 
 
 async def ticket(request: web.Request) -> web.Response:

@@ -68,6 +68,18 @@ class HubCollector(Collector):
             "Publishes refused (503 / RESOURCE_EXHAUSTED) after waiting --publish-wait",
             value=pressure.refused,
         )
+        lane = self._hub.connections.lane
+        if lane is not None:
+            yield CounterMetricFamily(
+                "cachewire_hub_fast_publishes",
+                "POST /v1/publish requests answered by the fast lane (--fast-publish)",
+                value=lane.answered,
+            )
+            yield CounterMetricFamily(
+                "cachewire_hub_fast_lane_deferred",
+                "Publish requests the fast lane handed to the full HTTP stack (not plain)",
+                value=lane.deferred,
+            )
         yield GaugeMetricFamily(
             "cachewire_hub_history_size",
             "Events in the broker's history",

@@ -21,6 +21,7 @@ from cachewire.hub.brokers.base import Broker
 from cachewire.hub.brokers.memory import MemoryBroker
 from cachewire.hub.connections import GuardedSite, Limits
 from cachewire.hub.core import Fanout, Pressure
+from cachewire.hub.fastlane import FastLane
 from cachewire.hub.metrics import make_registry
 from cachewire.hub.settings import HubSettings
 from cachewire.hub.tls import RELOAD_POLL, ServerTls
@@ -72,10 +73,11 @@ class Hub:
         self.grpc_port: int | None = None
         self.admin_port: int | None = None
         self._runner: web.AppRunner | None = None
+        # --fast-publish: plain publishes skip aiohttp's request cycle (hub/fastlane.py);
+        # with auth on, every request takes aiohttp's path, where the checks are.
+        lane = FastLane(self) if s.fast_publish == "on" and self.auth is None else None
         self.connections = Limits(
-            self.settings.max_connections,
-            self.settings.max_connections_per_client,
-            self.settings.header_timeout,
+            s.max_connections, s.max_connections_per_client, s.header_timeout, s.idle_timeout, lane
         )
         self._site: web.TCPSite | None = None
         self._admin: web.AppRunner | None = None

@@ -67,6 +67,7 @@ class HubSettings:
     max_connections_per_client: int = 1_000
     grace: float = 5.0
     grpc_held_writes: Literal["auto", "off"] = "auto"
+    fast_publish: Literal["on", "off"] = "on"
     workers: int = 1
     drain_delay: float = 5.0
     drain_window: float = 10.0
@@ -324,6 +325,15 @@ OPTIONS: tuple[Option, ...] = (
         "seconds to end streams and finish requests on SIGTERM",
         ("CACHEWIRE_GRACE",),
         non_negative_seconds,
+    ),
+    Option(
+        "fast_publish",
+        "--fast-publish",
+        "on: a plain POST /v1/publish (JSON or NDJSON, no Origin, --auth off) is answered "
+        "without aiohttp's request cycle, anything else as before; off: aiohttp answers all "
+        "(docs/hub.md)",
+        ("CACHEWIRE_FAST_PUBLISH",),
+        choice("on", "off"),
     ),
     Option(
         "grpc_held_writes",
