@@ -55,7 +55,7 @@ class Sizes:
     duration: float = 8.0
     drain: float = 2.0
     topics_n: int = 2000
-    topics_m: int = 2000
+    topics_m: int = 6000  # 12 s at 500/s: enough CPU time for a 10 ms /proc clock
     topics_rate: int = 500
 
 
