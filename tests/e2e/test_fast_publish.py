@@ -9,10 +9,12 @@ import re
 import socket
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from tests.servers import Proc
+from tests.auth_helpers import SECRET, write_api_keys
+from tests.servers import Proc, free_port
 
 WAIT = 10.0
 HEAD = "POST /v1/publish HTTP/1.1\r\nHost: hub\r\n{extra}Content-Length: {n}\r\n\r\n"
@@ -43,10 +45,19 @@ def responses(sock: socket.socket, count: int) -> list[tuple[int, dict[str, str]
     return out
 
 
+def metrics(hub: Proc, admin: bool = False) -> str:
+    port = admin_port(hub) if admin else hub.ports["http"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=WAIT) as resp:
+        return str(resp.read().decode())
+
+
+def admin_port(hub: Proc) -> int:
+    argv = [str(a) for a in hub.popen.args]  # type: ignore[union-attr]
+    return int(argv[argv.index("--admin-port") + 1])
+
+
 def metric(hub: Proc, name: str) -> float:
-    url = f"http://127.0.0.1:{hub.ports['http']}/metrics"
-    with urllib.request.urlopen(url, timeout=WAIT) as resp:
-        text = resp.read().decode()
+    text = metrics(hub)
     found = re.search(rf"^{name} (\S+)$", text, re.M)
     return float(found[1]) if found else 0.0
 
@@ -182,13 +193,39 @@ def test_an_idle_fast_lane_connection_is_closed_after_the_idle_timeout(
         assert sock.recv(1) == b""  # closed by the hub once idle (recv times out otherwise)
 
 
-def test_with_auth_on_every_publish_takes_the_full_stack(
-    hub_process: Callable[..., Proc],
+def test_with_auth_on_the_fast_lane_checks_and_refuses_like_the_full_stack(
+    hub_process: Callable[..., Proc], tmp_path: Path
 ) -> None:
-    """The fast lane is off with --auth protected: a publish without credentials gets the
-    full stack's 401 and its challenge."""
-    hub = hub_process("--auth", "protected", "--jwt-key", "s" * 32, grpc=False)
-    with connect(hub) as sock:
-        sock.sendall(request('{"type":"a"}'))
-        [(status, headers, _)] = responses(sock, 1)
-    assert status == 401 and "WWW-Authenticate" in headers
+    """--auth protected: no credential (401 and its challenge), a key whose grants do not
+    cover the type (403), a bearer token that is malformed (401), and a key that may
+    publish (200): the same answers with the fast lane on and off, and the refusals
+    counted alike; with it on, the lane answered all four."""
+    keys = write_api_keys(tmp_path / "keys.toml", {"k1": {"name": "o", "publish": ["order:"]}})
+    cases = [
+        ("", 401),
+        ("X-API-Key: k1\r\n", 403),
+        ("Authorization: Bearer a b\r\n", 401),
+        ("X-API-Key: k1\r\n", 200),
+    ]
+    bodies = ['{"type":"a"}', '{"type":"user:1"}', '{"type":"order:1"}', '{"type":"order:2"}']
+    answers = []
+    for mode in ("on", "off"):
+        hub = hub_process(
+            *("--auth", "protected", "--api-keys-file", str(keys), "--jwt-key", SECRET),
+            *("--admin-port", str(free_port()), "--fast-publish", mode),
+            grpc=False,
+        )
+        got = []
+        for (extra, _), body in zip(cases, bodies, strict=True):
+            with connect(hub) as sock:  # a refusal does not end a keep-alive connection
+                sock.sendall(request(body, JSON + extra))
+                [(status, headers, raw)] = responses(sock, 1)
+            got.append((status, headers.get("WWW-Authenticate"), json.loads(raw).get("error")))
+        answers.append(got)
+        admin = metrics(hub, admin=True)
+        assert re.search(r'^cachewire_auth_denied_total\{reason="missing"\} 1\.0$', admin, re.M)
+        fast = re.search(r"^cachewire_hub_fast_publishes_total (\S+)$", admin, re.M)
+        assert (fast is not None and float(fast[1]) == 4) == (mode == "on")
+    assert answers[0] == answers[1]
+    assert [status for status, _, _ in answers[0]] == [status for _, status in cases]
+    assert answers[0][0][1] == "Bearer"
