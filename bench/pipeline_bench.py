@@ -40,6 +40,8 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from common import ROOT, answers, cpu_model, free_port, http_ok, percentile, process
 
+from cachewire.common import wirejson
+
 TOPIC = "bench"
 
 
@@ -73,7 +75,7 @@ class Confirming:
         for inv in batch:
             if inv.type.startswith(TOPIC) and inv.keys and inv.keys[0] not in self.seen:
                 self.seen.add(inv.keys[0])
-                sent = int(json.loads(inv.data_json)["ts"])
+                sent = int(wirejson.loads(inv.data_json)["ts"])
                 self.first_ns = self.first_ns or sent
                 self.latencies.append((now - sent) / 1e6)
         self.last_ns = now

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from cachewire.common.loop import bound_port
 from cachewire.hub import http_api, sse, telemetry
 from cachewire.hub.auth.service import Auth
 from cachewire.hub.brokers.base import Broker
@@ -31,12 +32,6 @@ if TYPE_CHECKING:
     from cachewire.hub.ingest import ChannelIngest
 
 log = logging.getLogger("cachewire.hub")
-
-
-def _bound_port(site: web.TCPSite) -> int:
-    sockets = getattr(site._server, "sockets", None)  # asyncio's Server or uvloop's
-    assert sockets
-    return int(sockets[0].getsockname()[1])
 
 
 def is_loopback(host: str) -> bool:
@@ -131,13 +126,13 @@ class Hub:
             reuse_port=s.workers > 1,  # --workers: every worker binds the same ports
         )
         await self._site.start()
-        self.http_port = _bound_port(self._site)
+        self.http_port = bound_port(self._site)
         if s.admin_port is not None:
             self._admin = web.AppRunner(self.make_admin_app(), access_log=None)
             await self._admin.setup()
             admin_site = web.TCPSite(self._admin, s.admin_host, s.admin_port, reuse_port=False)
             await admin_site.start()
-            self.admin_port = _bound_port(admin_site)
+            self.admin_port = bound_port(admin_site)
         # 3. gRPC: Plasma's StreamService and cachewire's Hub service.
         if s.grpc_port is not None:
             from cachewire.hub.grpc_server import GrpcServer

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from cachewire.common.loop import bound_port
 from cachewire.common.telemetry import exposition
 from cachewire.sidecar.errors import InvalidInput, SidecarError
 
@@ -142,9 +143,7 @@ class HealthServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_port=False)
         await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.base_events.Server)
-        self.port = int(server.sockets[0].getsockname()[1])
+        self.port = bound_port(site)
         return self.port
 
     async def stop(self) -> None:

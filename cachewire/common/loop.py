@@ -39,3 +39,11 @@ def running_kind() -> str:
     return (
         "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
     )
+
+
+def bound_port(site: Any) -> int:
+    """The port an aiohttp `TCPSite` listens on (port 0 binds a free one); its server is
+    asyncio's or uvloop's, which share `sockets` but no base class."""
+    sockets = getattr(site._server, "sockets", None)
+    assert sockets, "the site is not started"
+    return int(sockets[0].getsockname()[1])
