@@ -303,3 +303,99 @@ def test_grpc_subscribe_answers_only_known_codes(
             ), exc
         finally:
             call.cancel()
+
+
+# --- the publish fast lane against the full stack (differential) ---
+
+HEADER_LINES = st.sampled_from(
+    [
+        "Content-Type: application/json",
+        "content-type: Application/JSON; charset=utf-8",
+        "Content-Type: application/x-ndjson",
+        "Content-Type: text/plain",
+        "Content-Type: application/json\r\nContent-Type: application/json",
+        "Transfer-Encoding: chunked",
+        "Transfer-Encoding: identity",
+        "Connection: close",
+        "Connection: keep-alive",
+        "Connection: Keep-Alive",
+        "Expect: 100-continue",
+        "Origin: https://evil.example",
+        "Idempotency-Key: k1",
+        "Idempotency-Key: has space",
+        "Idempotency-Key: k1\r\nIdempotency-Key: k2",
+        "Content-Length: 5",
+        "X-Folded: a\r\n b",
+        "Bad Header: x",
+        "X-Empty:",
+        "X-Tab:\tvalue\t",
+        "Authorization: Bearer x.y.z",
+        "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "traceparent: nonsense",
+    ]
+)
+REQUEST_LINES = st.sampled_from(
+    [
+        "POST /v1/publish HTTP/1.1",
+        "POST /v1/publish HTTP/1.0",
+        "POST /v1/publish?x=1 HTTP/1.1",
+        "post /v1/publish HTTP/1.1",
+        "POST /v1/publish  HTTP/1.1",
+        "POST /v1/publis HTTP/1.1",
+    ]
+)
+
+
+@pytest.fixture(scope="module")
+def two_hubs() -> Iterator[tuple[ThreadedHub, ThreadedHub]]:
+    fast = ThreadedHub(fast_publish="on", max_body=4096).start()
+    full = ThreadedHub(fast_publish="off", max_body=4096).start()
+    yield fast, full
+    fast.stop()
+    full.stop()
+
+
+def exchange(port: int, data: bytes) -> list[tuple[int, str]]:
+    """Send raw bytes, then a closing GET; every answer until the hub closes, as (status,
+    error) pairs (ids left out: the two hubs number alike but their epochs differ)."""
+    closing = b"GET /healthz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(data + closing)
+        while chunk := sock.recv(65536):
+            received += chunk
+    answers = []
+    while received:
+        head, _, rest = received.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        fields = {k.lower(): v for k, _, v in (x.partition(": ") for x in lines[1:])}
+        size = int(fields.get("content-length", "0"))  # none on a 100 Continue
+        status = int(lines[0].split(" ")[1])
+        error = json.loads(rest[:size])["error"] if status >= 400 else ""
+        answers.append((status, error))
+        received = rest[size:]
+    return answers
+
+
+@given(
+    requests=st.lists(
+        st.tuples(REQUEST_LINES, st.lists(HEADER_LINES, max_size=3), BODY, st.integers(-3, 0)),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_the_fast_lane_answers_every_request_as_the_full_stack_does(
+    two_hubs: tuple[ThreadedHub, ThreadedHub],
+    requests: list[tuple[str, list[str], str, int]],
+) -> None:
+    """The same bytes (pipelined requests with odd request lines, duplicate or conflicting
+    headers, folded lines, short Content-Lengths) to a hub with the fast lane and to one
+    without: the same statuses and errors, in the same order."""
+    data = b""
+    for line, headers, body, short in requests:
+        raw = body.encode("utf-8", "surrogatepass")
+        length = max(0, len(raw) + short)
+        head = "\r\n".join([line, "Host: h", *headers, f"Content-Length: {length}"])
+        data += head.encode() + b"\r\n\r\n" + raw
+    fast, full = two_hubs
+    assert exchange(fast.hub.http_port, data) == exchange(full.hub.http_port, data)
