@@ -49,8 +49,18 @@ MAX_HEAD: Final = 8190  # a longer header block goes to aiohttp (its limits, its
 # name ":" optional whitespace, value of visible ASCII with inner spaces or tabs
 _HEADER = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*((?:[\x21-\x7e][ \t]*)*)")
 _REFUSED = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"origin"})
+# Headers the lane reads: twice is not plain (aiohttp would read the first one).
 _SINGLE = frozenset(
-    {b"content-length", b"content-type", b"idempotency-key", b"authorization", b"x-api-key"}
+    {
+        b"content-length",
+        b"content-type",
+        b"idempotency-key",
+        b"authorization",
+        b"x-api-key",
+        b"traceparent",
+        b"tracestate",
+        b"connection",
+    }
 )
 _BODY_TYPES = {b"application/json": False, NDJSON.encode(): True}  # → is NDJSON
 
